@@ -1,0 +1,111 @@
+"""Autocast regions: where ``torch.autocast`` (in any spelling) is in force, and with what settings."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .torch_api import AUTOCAST_CONSTRUCTORS, DTYPE_NAMES
+
+# The dtype autocast uses when none is given, per device type.
+_DEFAULT_DTYPE = {"cuda": "float16", "cpu": "bfloat16", "mps": "float16", "xpu": "bfloat16"}
+
+Resolver = Callable[[ast.AST], Optional[str]]
+
+
+@dataclass(frozen=True)
+class AutocastRegion:
+    """One ``with autocast(...)`` block or ``@autocast(...)``-decorated function.
+
+    Settings are captured where they are literals; ``None`` means "not known statically".
+    """
+
+    node: ast.AST
+    api: str
+    device_type: str | None
+    dtype: str | None
+    enabled: bool | None
+
+    @property
+    def effective_dtype(self) -> str | None:
+        """The low-precision dtype the region computes in: the explicit one or the device default."""
+        if self.dtype is not None:
+            return self.dtype
+        return _DEFAULT_DTYPE.get(self.device_type or "")
+
+    @property
+    def may_be_enabled(self) -> bool:
+        return self.enabled is not False
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device_type == "cpu"
+
+    @property
+    def may_be_fp16(self) -> bool:
+        """fp16 explicitly, by the device's default, or possibly (dtype or device not literal)."""
+        dtype = self.effective_dtype
+        return dtype is None or dtype == "float16"
+
+
+def _literal_str(node: ast.AST | None) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.partition(":")[0]
+    return None
+
+
+def _literal_bool(node: ast.AST | None) -> bool | None:
+    if node is None:
+        return True
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+def dtype_of(node: ast.AST | None, resolve: Resolver) -> str | None:
+    """The dtype a literal like ``torch.float16`` (or ``"float16"`` string) names, else None."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return DTYPE_NAMES.get(f"torch.{node.value}")
+    qualified = resolve(node)
+    return DTYPE_NAMES.get(qualified) if qualified else None
+
+
+def region_from_call(call: ast.Call, owner: ast.AST, resolve: Resolver) -> AutocastRegion | None:
+    """The region an autocast constructor call opens, or None if ``call`` is not one."""
+    qualified = resolve(call.func)
+    if qualified in AUTOCAST_CONSTRUCTORS:
+        implied_device = AUTOCAST_CONSTRUCTORS[qualified]
+        keywords = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+        args = list(call.args)
+        if implied_device is None:
+            # torch.autocast(device_type, dtype=None, enabled=True, cache_enabled=None)
+            device_node = args.pop(0) if args else keywords.get("device_type")
+            device = _literal_str(device_node)
+            dtype_node = args[0] if args else keywords.get("dtype")
+            enabled_node = args[1] if len(args) > 1 else keywords.get("enabled")
+        else:
+            # torch.cuda.amp.autocast(enabled=True, dtype=torch.float16, cache_enabled=True)
+            device = implied_device
+            enabled_node = args[0] if args else keywords.get("enabled")
+            dtype_node = args[1] if len(args) > 1 else keywords.get("dtype")
+        return AutocastRegion(
+            node=owner,
+            api=qualified,
+            device_type=device,
+            dtype=dtype_of(dtype_node, resolve),
+            enabled=_literal_bool(enabled_node),
+        )
+    # Framework wrappers such as accelerate's `accelerator.autocast()`: autocast with settings
+    # decided elsewhere.
+    if (
+        qualified is None
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "autocast"
+        and not call.args
+        and not call.keywords
+    ):
+        return AutocastRegion(node=owner, api="autocast", device_type=None, dtype=None, enabled=None)
+    return None

@@ -1,0 +1,296 @@
+"""One walk over the tree flake8 parsed, and the facts every rule asks of it.
+
+The walk records parents, nodes by type, imports and assignments. Everything else (the autocast
+regions around a node, whether the module trains, which names hold GradScalers) is derived on demand
+from those records and cached, so a rule pays only for what it asks.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Iterator, TypeVar
+
+from .autocast_regions import AutocastRegion, region_from_call
+from .qualified_names import ImportTable
+from .torch_api import GRAD_DISABLING_CONTEXTS, GRAD_SCALER_CONSTRUCTORS
+
+NodeT = TypeVar("NodeT", bound=ast.AST)
+DerivedT = TypeVar("DerivedT")
+FunctionNode = (ast.FunctionDef, ast.AsyncFunctionDef)
+_SCOPE_BOUNDARIES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is in force at a statement: its function, the autocast regions around it (outermost
+    first) and whether gradients are disabled there."""
+
+    function: ast.AST | None
+    regions: tuple[AutocastRegion, ...]
+    grad_disabled: bool
+
+    @property
+    def innermost_region(self) -> AutocastRegion | None:
+        return self.regions[-1] if self.regions else None
+
+    @property
+    def in_enabled_autocast(self) -> bool:
+        """Inside a region that is (or may be) on, with no ``enabled=False`` region nested inside it."""
+        region = self.innermost_region
+        return region is not None and region.may_be_enabled
+
+    @property
+    def in_disabled_autocast(self) -> bool:
+        """Inside ``autocast(enabled=False)`` nested in an enabled region."""
+        region = self.innermost_region
+        return region is not None and region.enabled is False and any(r.may_be_enabled for r in self.regions)
+
+
+_MODULE_CONTEXT = Context(function=None, regions=(), grad_disabled=False)
+
+
+def binding_key(node: ast.AST) -> str | None:
+    """The key under which assignments to ``name`` or ``self.attr`` are recorded."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+        return f"self.{node.attr}"
+    return None
+
+
+def call_name(call: ast.Call) -> str | None:
+    """The last identifier of the callee: ``step`` for ``opt.step()``, ``criterion`` for ``criterion(x)``."""
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return None
+
+
+class ModuleAnalysis:
+    """Everything the rules know about one module."""
+
+    def __init__(self, tree: ast.Module, precision: str | None = None) -> None:
+        self.tree = tree
+        self.configured_precision = precision
+        self.imports = ImportTable()
+        self.parents: dict[ast.AST, ast.AST] = {}
+        self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
+        self.assignments: dict[str, list[ast.expr]] = defaultdict(list)
+        self._contexts: dict[ast.AST, Context] = {}
+        self._derived: dict[Callable, object] = {}
+        self._walk()
+
+    # ---------------------------------------------------------------- the walk
+    def _walk(self) -> None:
+        parents = self.parents
+        by_type = self._by_type
+        iter_children = ast.iter_child_nodes
+        stack: list[ast.AST] = [self.tree]
+        while stack:
+            node = stack.pop()
+            by_type[type(node)].append(node)
+            children = list(iter_children(node))
+            for child in children:
+                parents[child] = node
+            children.reverse()
+            stack.extend(children)
+        for node in by_type[ast.Import] + by_type[ast.ImportFrom]:
+            self.imports.add(node)  # type: ignore[arg-type]
+        for node in by_type[ast.Assign]:
+            for target in node.targets:  # type: ignore[attr-defined]
+                self._record_assignment(target, node.value)  # type: ignore[attr-defined]
+        for node in by_type[ast.AnnAssign]:
+            if node.value is not None:  # type: ignore[attr-defined]
+                self._record_assignment(node.target, node.value)  # type: ignore[attr-defined]
+
+    def _record_assignment(self, target: ast.AST, value: ast.expr) -> None:
+        key = binding_key(target)
+        if key is not None:
+            self.assignments[key].append(value)
+
+    def derived(self, factory: Callable[["ModuleAnalysis"], DerivedT]) -> DerivedT:
+        """A heavier analysis built on this one (e.g. LowPrecisionFlow), built once per module."""
+        if factory not in self._derived:
+            self._derived[factory] = factory(self)
+        return self._derived[factory]  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- lookups
+    def nodes(self, node_type: type[NodeT]) -> list[NodeT]:
+        """All nodes of a type, in source order."""
+        return self._by_type.get(node_type, [])  # type: ignore[return-value]
+
+    @property
+    def calls(self) -> list[ast.Call]:
+        return self.nodes(ast.Call)
+
+    def resolve(self, node: ast.AST) -> str | None:
+        return self.imports.resolve(node)
+
+    def statement_of(self, node: ast.AST) -> ast.stmt:
+        while not isinstance(node, ast.stmt):
+            node = self.parents[node]
+        return node
+
+    def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        return self.context(node).function  # type: ignore[return-value]
+
+    def bound_values(self, node: ast.AST) -> list[ast.expr]:
+        """The values assigned (anywhere in the module) to the name or ``self.attr`` in ``node``."""
+        key = binding_key(node)
+        return self.assignments.get(key, []) if key else []
+
+    def constructed_classes(self, node: ast.AST) -> set[str]:
+        """Qualified names of the classes whose instances ``node`` may hold (``crit = nn.BCELoss()``)."""
+        classes = set()
+        for value in self.bound_values(node):
+            for candidate in _alternatives(value):
+                if isinstance(candidate, ast.Call):
+                    qualified = self.resolve(candidate.func)
+                    if qualified:
+                        classes.add(qualified)
+        return classes
+
+    # ---------------------------------------------------------------- contexts
+    def context(self, node: ast.AST) -> Context:
+        """The context in force where ``node`` executes."""
+        chain = []
+        current = node
+        while current not in self._contexts:
+            parent = self.parents.get(current)
+            if parent is None:
+                self._contexts[current] = _MODULE_CONTEXT
+                break
+            chain.append(current)
+            current = parent
+        context = self._contexts[current]
+        for child in reversed(chain):
+            parent = self.parents[child]
+            context = self._child_context(parent, child, context)
+            self._contexts[child] = context
+        return context
+
+    def _child_context(self, parent: ast.AST, child: ast.AST, parent_context: Context) -> Context:
+        if isinstance(parent, FunctionNode) and isinstance(child, ast.stmt):
+            regions, grad_disabled = self._decorator_effects(parent)
+            return Context(function=parent, regions=regions, grad_disabled=grad_disabled)
+        if isinstance(parent, ast.Lambda) and child is parent.body:
+            return Context(function=parent, regions=(), grad_disabled=False)
+        if isinstance(parent, ast.ClassDef) and isinstance(child, ast.stmt):
+            return _MODULE_CONTEXT
+        if isinstance(parent, (ast.With, ast.AsyncWith)) and isinstance(child, ast.stmt):
+            regions = list(parent_context.regions)
+            grad_disabled = parent_context.grad_disabled
+            for item in parent.items:
+                region = self.region_of_with_item(item.context_expr, parent)
+                if region is not None:
+                    regions.append(region)
+                elif self._disables_grad(item.context_expr):
+                    grad_disabled = True
+            if len(regions) == len(parent_context.regions) and grad_disabled == parent_context.grad_disabled:
+                return parent_context
+            return Context(parent_context.function, tuple(regions), grad_disabled)
+        return parent_context
+
+    def _decorator_effects(self, function: ast.AST) -> tuple[tuple[AutocastRegion, ...], bool]:
+        regions = []
+        grad_disabled = False
+        for decorator in function.decorator_list:  # type: ignore[attr-defined]
+            if isinstance(decorator, ast.Call):
+                region = region_from_call(decorator, function, self.resolve)
+                if region is not None:
+                    regions.append(region)
+                    continue
+            if self._disables_grad(decorator):
+                grad_disabled = True
+        return tuple(regions), grad_disabled
+
+    def region_of_with_item(self, expr: ast.AST, owner: ast.AST) -> AutocastRegion | None:
+        """The autocast region a ``with`` item opens: a constructor call, or a name bound to one
+        (``ctx = nullcontext() if cpu else torch.autocast("cuda")`` ... ``with ctx:``)."""
+        if isinstance(expr, ast.Call):
+            return region_from_call(expr, owner, self.resolve)
+        found = []
+        for value in self.bound_values(expr):
+            for candidate in _alternatives(value):
+                if isinstance(candidate, ast.Call):
+                    region = region_from_call(candidate, owner, self.resolve)
+                    if region is not None:
+                        found.append((region, len(_alternatives(value)) > 1))
+        if not found:
+            return None
+        region, conditional = found[0]
+        if conditional or len(found) > 1:
+            # The name may hold autocast or a null context: it is a region of unknown state.
+            return AutocastRegion(owner, region.api, region.device_type, region.dtype, None)
+        return region
+
+    def _disables_grad(self, expr: ast.AST) -> bool:
+        target = expr.func if isinstance(expr, ast.Call) else expr
+        qualified = self.resolve(target)
+        if qualified in GRAD_DISABLING_CONTEXTS:
+            return True
+        return (
+            qualified == "torch.set_grad_enabled"
+            and isinstance(expr, ast.Call)
+            and bool(expr.args)
+            and isinstance(expr.args[0], ast.Constant)
+            and expr.args[0].value is False
+        )
+
+    def autocast_regions(self) -> Iterator[AutocastRegion]:
+        """Every region in the module, in source order."""
+        for node in self.nodes(ast.With) + self.nodes(ast.AsyncWith):
+            for item in node.items:  # type: ignore[attr-defined]
+                region = self.region_of_with_item(item.context_expr, node)
+                if region is not None:
+                    yield region
+        for function in self.nodes(ast.FunctionDef) + self.nodes(ast.AsyncFunctionDef):
+            yield from self._decorator_effects(function)[0]
+
+    # ---------------------------------------------------------------- module facts
+    @cached_property
+    def regions(self) -> list[AutocastRegion]:
+        return list(self.autocast_regions())
+
+    @cached_property
+    def uses_autocast(self) -> bool:
+        return bool(self.regions)
+
+    @cached_property
+    def grad_scaler_constructions(self) -> list[ast.Call]:
+        return [call for call in self.calls if self.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS]
+
+    @cached_property
+    def uses_grad_scaler(self) -> bool:
+        return bool(self.grad_scaler_constructions) or any(
+            self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Attribute)
+        )
+
+    @cached_property
+    def trains(self) -> bool:
+        """The module runs training: it calls ``backward``, ``zero_grad`` or builds an optimizer, or
+        uses autocast or a GradScaler."""
+        if self.uses_autocast or self.uses_grad_scaler:
+            return True
+        for call in self.calls:
+            name = call_name(call)
+            if name in ("backward", "zero_grad") and isinstance(call.func, ast.Attribute):
+                return True
+            qualified = self.resolve(call.func)
+            if qualified and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:
+                return True
+        return False
+
+
+def _alternatives(value: ast.expr) -> list[ast.expr]:
+    """The values an expression may evaluate to: both arms of ``a if c else b``, each of ``a or b``."""
+    if isinstance(value, ast.IfExp):
+        return _alternatives(value.body) + _alternatives(value.orelse)
+    if isinstance(value, ast.BoolOp):
+        return [alt for operand in value.values for alt in _alternatives(operand)]
+    return [value]

@@ -1,0 +1,60 @@
+"""Qualified names through imports and aliases.
+
+``import torch.nn.functional as F`` makes ``F.softmax`` resolve to ``torch.nn.functional.softmax``;
+``from torch.nn import BCELoss as B`` makes ``B`` resolve to ``torch.nn.BCELoss``. Names that no import
+binds resolve to ``None``: a local ``softmax`` is not torch's.
+"""
+
+from __future__ import annotations
+
+import ast
+
+_NN_MODULES = "torch.nn.modules."
+
+
+def canonical_name(name: str) -> str:
+    """Fold ``torch.nn.modules.<file>.X`` onto the public ``torch.nn.X`` that torch re-exports."""
+    if name.startswith(_NN_MODULES):
+        module, _, attr = name[len(_NN_MODULES) :].rpartition(".")
+        if module:
+            return "torch.nn." + attr
+    return name
+
+
+class ImportTable:
+    """Local names bound by the module's import statements (anywhere in the file)."""
+
+    def __init__(self) -> None:
+        self._bindings: dict[str, str] = {}
+
+    def add(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    self._bindings[alias.asname] = alias.name
+                else:
+                    top = alias.name.partition(".")[0]
+                    self._bindings[top] = top
+        elif node.module and not node.level:
+            for alias in node.names:
+                if alias.name != "*":
+                    self._bindings[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def resolve(self, node: ast.AST) -> str | None:
+        """The qualified name an expression like ``F.softmax`` refers to, or None if it is not imported."""
+        parts: list[str] = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        base = self._bindings.get(node.id)
+        if base is None:
+            return None
+        parts.append(base)
+        return canonical_name(".".join(reversed(parts)))
+
+    def imports_from(self, package: str) -> bool:
+        """Whether any import binds a name from ``package`` (or the package itself)."""
+        prefix = package + "."
+        return any(q == package or q.startswith(prefix) for q in self._bindings.values())

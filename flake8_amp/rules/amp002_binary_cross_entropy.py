@@ -1,0 +1,36 @@
+"""AMP002: binary_cross_entropy / BCELoss, which CUDA autocast refuses to run."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from ..analysis.module_analysis import ModuleAnalysis
+from .base import Finding, Rule, Severity
+
+_UNSAFE = {
+    "torch.nn.functional.binary_cross_entropy": "binary_cross_entropy",
+    "torch.nn.BCELoss": "BCELoss",
+}
+_SAFE_REPLACEMENT = {
+    "binary_cross_entropy": "F.binary_cross_entropy_with_logits on the logits (drop the sigmoid)",
+    "BCELoss": "nn.BCEWithLogitsLoss on the logits (drop the sigmoid)",
+}
+
+
+class BinaryCrossEntropy(Rule):
+    code = "AMP002"
+    name = "unsafe-binary-cross-entropy"
+    severity = Severity.HIGH
+    summary = "binary_cross_entropy / BCELoss raise under CUDA autocast"
+    why = "torch refuses to autocast binary_cross_entropy: the forward raises a RuntimeError under CUDA autocast"
+    fix = "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on logits"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        for node in analysis.nodes(ast.Name) + analysis.nodes(ast.Attribute):
+            if isinstance(node.ctx, ast.Store):
+                continue
+            qualified = analysis.resolve(node)
+            if qualified in _UNSAFE:
+                short = _UNSAFE[qualified]
+                yield self.finding(node, f"{short} is unsafe to autocast", fix=f"use {_SAFE_REPLACEMENT[short]}")

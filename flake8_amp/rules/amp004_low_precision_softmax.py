@@ -1,0 +1,79 @@
+"""AMP004: softmax / log_softmax / softmin run in float16/bfloat16 because autocast does not upcast them."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from ..analysis.low_precision import LowPrecisionFlow, cast_dtype
+from ..analysis.module_analysis import ModuleAnalysis
+from .base import Finding, Rule, Severity
+from .source_text import excerpt
+
+_SOFTMAX_NAMES = frozenset({"softmax", "log_softmax", "softmin"})
+_SOFTMAX_FUNCTIONS = frozenset(
+    {
+        "torch.softmax",
+        "torch.log_softmax",
+        "torch.special.softmax",
+        "torch.special.log_softmax",
+        "torch.nn.functional.softmax",
+        "torch.nn.functional.log_softmax",
+        "torch.nn.functional.softmin",
+    }
+)
+
+
+def softmax_call(call: ast.Call, analysis: ModuleAnalysis) -> tuple[str, ast.AST] | None:
+    """(name, input) for a softmax-family call without a dtype, in function or method form."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in _SOFTMAX_NAMES:
+        return None
+    if any(kw.arg == "dtype" for kw in call.keywords):
+        return None
+    qualified = analysis.resolve(func)
+    if qualified in _SOFTMAX_FUNCTIONS:
+        # torch.softmax(input, dim, dtype); F.softmax(input, dim, _stacklevel, dtype)
+        dtype_position = 3 if qualified.startswith("torch.nn.functional.") else 2
+        if len(call.args) > dtype_position or not call.args:
+            return None
+        return func.attr, call.args[0]
+    if qualified is None and len(call.args) < 2:
+        return func.attr, func.value  # x.softmax(dim[, dtype])
+    return None
+
+
+class LowPrecisionSoftmax(Rule):
+    code = "AMP004"
+    name = "low-precision-softmax"
+    severity = Severity.MEDIUM
+    summary = "softmax / log_softmax / softmin on a float16/bfloat16 input that autocast does not upcast"
+    why = "softmax in float16/bfloat16 loses the small probabilities; log_softmax of them turns into -inf"
+    fix = "pass dtype=torch.float32"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        flow = None
+        for call in analysis.calls:
+            found = softmax_call(call, analysis)
+            if found is None:
+                continue
+            name, value = found
+            context = analysis.context(call)
+            region = context.innermost_region
+            reason = None
+            if region is not None and region.may_be_enabled:
+                if region.is_cpu and not _is_full_precision_cast(value, analysis):
+                    reason = f"CPU autocast runs {name} in {region.effective_dtype}, it does not upcast it"
+            else:
+                flow = flow or analysis.derived(LowPrecisionFlow)
+                origin = flow.origin(value)
+                if origin is not None and context.in_disabled_autocast:
+                    reason = f"it is {origin.dtype_label} from the enclosing autocast region and autocast is off here"
+                elif origin is not None and origin.kind == "cast":
+                    reason = f"it was cast to {origin.dtype_label} at line {origin.line}"
+            if reason:
+                yield self.finding(call, f"{name} without dtype= on '{excerpt(value)}': {reason}")
+
+
+def _is_full_precision_cast(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    return isinstance(node, ast.Call) and cast_dtype(node, analysis) in ("float32", "float64")

@@ -1,0 +1,63 @@
+"""AMP005: a reduction accumulated in float16/bfloat16 outside autocast."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from ..analysis.low_precision import LowPrecisionFlow
+from ..analysis.module_analysis import ModuleAnalysis
+from .base import Finding, Rule, Severity
+from .source_text import as_operand, excerpt
+
+_REDUCTIONS = frozenset({"sum", "mean", "var", "std", "norm", "prod", "cumsum", "cumprod", "nansum", "nanmean"})
+# Reductions without a dtype= parameter: the fix is to cast first.
+_NO_DTYPE_PARAMETER = frozenset({"var", "std"})
+
+
+def reduction_call(call: ast.Call, analysis: ModuleAnalysis) -> tuple[str, ast.AST] | None:
+    """(name, reduced value) for ``x.sum()`` or ``torch.sum(x)`` without ``dtype=``."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in _REDUCTIONS:
+        return None
+    if any(kw.arg == "dtype" for kw in call.keywords):
+        return None
+    qualified = analysis.resolve(func)
+    if qualified is None:
+        return func.attr, func.value
+    if qualified == f"torch.{func.attr}" and call.args:
+        return func.attr, call.args[0]
+    return None
+
+
+class LowPrecisionReduction(Rule):
+    code = "AMP005"
+    name = "low-precision-reduction"
+    severity = Severity.MEDIUM
+    summary = "sum / mean / var / norm / cumsum ... of a float16/bfloat16 tensor outside autocast"
+    why = "a float16 accumulator overflows past 65504 and drops small addends; bfloat16 keeps only 8 bits"
+    fix = "pass dtype=torch.float32, or .float() the tensor first"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        flow = None
+        for call in analysis.calls:
+            found = reduction_call(call, analysis)
+            if found is None:
+                continue
+            name, value = found
+            context = analysis.context(call)
+            if context.regions:
+                continue  # inside autocast (or a region nested in it): AMP018's ground
+            flow = flow or analysis.derived(LowPrecisionFlow)
+            origin = flow.origin(value)
+            if origin is None:
+                continue
+            if origin.kind == "autocast":
+                reason = f"a {origin.dtype_label} value from the autocast block (line {origin.line})"
+            elif origin.dtype == "float16":
+                reason = f"cast to float16 at line {origin.line}"
+            else:
+                continue
+            text = excerpt(value)
+            fix = f"use {as_operand(value)}.float().{name}()" if name in _NO_DTYPE_PARAMETER else self.fix
+            yield self.finding(call, f"{name}() of '{text}', {reason}, accumulates in low precision", fix=fix)
