@@ -1,23 +1,36 @@
-"""The rule registry: every AMP rule, in code order."""
+"""The rule registry: every AMP rule, in code order.
+
+Each ``ampNNN_<name>.py`` module in this package defines one :class:`Rule` subclass; the registry is
+read off the modules so that a rule is added by adding its module, and nothing else.
+"""
 
 from __future__ import annotations
 
-from .amp001_manual_half_cast import ManualHalfCast
-from .amp002_binary_cross_entropy import BinaryCrossEntropy
-from .amp003_loss_outside_autocast import LossOutsideAutocast
-from .amp004_low_precision_softmax import LowPrecisionSoftmax
-from .amp005_low_precision_reduction import LowPrecisionReduction
-from .amp006_custom_function_without_custom_fwd import CustomFunctionWithoutCustomFwd
+import importlib
+import inspect
+import pkgutil
+import re
+
 from .base import Finding, Rule, Severity
 
-ALL_RULES: tuple[Rule, ...] = (
-    ManualHalfCast(),
-    BinaryCrossEntropy(),
-    LossOutsideAutocast(),
-    LowPrecisionSoftmax(),
-    LowPrecisionReduction(),
-    CustomFunctionWithoutCustomFwd(),
-)
+_RULE_MODULE = re.compile(r"amp\d{3}_\w+$")
+
+
+def _discover() -> tuple[Rule, ...]:
+    rules = []
+    for module_info in pkgutil.iter_modules(__path__):
+        if not _RULE_MODULE.match(module_info.name):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        rules.extend(
+            cls()
+            for cls in vars(module).values()
+            if inspect.isclass(cls) and issubclass(cls, Rule) and cls is not Rule and cls.__module__ == module.__name__
+        )
+    return tuple(sorted(rules, key=lambda rule: rule.code))
+
+
+ALL_RULES: tuple[Rule, ...] = _discover()
 RULES_BY_CODE: dict[str, Rule] = {rule.code: rule for rule in ALL_RULES}
 
 __all__ = ["ALL_RULES", "RULES_BY_CODE", "Finding", "Rule", "Severity"]

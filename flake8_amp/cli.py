@@ -1,0 +1,86 @@
+"""``flake8-amp``: rule docs and the rule table; the runtime's format tools.
+
+``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
+``flake8-amp rules [--json]``   the rule table
+``flake8-amp formats`` / ``bits``  float-format limits and bit patterns (see flake8_amp.runtime.commands)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import __version__
+from .rule_docs import read_doc
+from .rules import ALL_RULES
+
+
+def explain(args: argparse.Namespace) -> int:
+    try:
+        print(read_doc(args.code))
+    except LookupError:
+        known = ", ".join(rule.code for rule in ALL_RULES)
+        print(f"flake8-amp: unknown rule or topic {args.code!r}; rules are {known}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def list_rules(args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "code": rule.code,
+            "severity": rule.severity.value,
+            "name": rule.name,
+            "symbol": rule.symbol,
+            "summary": rule.summary,
+            "default_enabled": rule.default_enabled,
+        }
+        for rule in ALL_RULES
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ("code", "severity", "name", "summary")
+    widths = [max(len(headers[i]), *(len(str(row[h])) for row in rows)) for i, h in enumerate(headers[:3])]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths + [0])).rstrip())
+    for row in rows:
+        cells = [str(row[h]).ljust(w) for h, w in zip(headers, widths)]
+        note = "" if row["default_enabled"] else " (off by default)"
+        print("  ".join(cells + [str(row["summary"]) + note]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flake8-amp", description="Mixed-precision (autocast / GradScaler) hazards in PyTorch code."
+    )
+    parser.add_argument("--version", action="version", version=f"flake8-amp {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    explain_parser = subparsers.add_parser("explain", help="print a rule's doc (e.g. AMP003)")
+    explain_parser.add_argument("code", help="a rule code such as AMP003, or a topic page name")
+    explain_parser.set_defaults(func=explain)
+
+    rules_parser = subparsers.add_parser("rules", help="list every rule")
+    rules_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    rules_parser.set_defaults(func=list_rules)
+
+    from .runtime import commands as runtime_commands  # pure Python: imports no torch
+
+    runtime_commands.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
