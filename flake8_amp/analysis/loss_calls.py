@@ -20,7 +20,11 @@ def is_loss_call(call: ast.Call, analysis: ModuleAnalysis) -> bool:
     if any(_is_torch_loss_class(cls) for cls in analysis.constructed_classes(call.func)):
         return True
     name = call_name(call)
-    return name is not None and bool(_LOSS_CALLABLE_NAME.match(name))
+    if name is None or not _LOSS_CALLABLE_NAME.match(name):
+        return False
+    # `forward_step_calc_loss(model, out)`, `train_step_loss(...)`: orchestration that runs the model and
+    # its loss function itself, not a loss function.
+    return "step" not in name and not name.startswith("forward")
 
 
 def _is_torch_loss_class(qualified: str) -> bool:

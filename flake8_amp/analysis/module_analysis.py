@@ -279,7 +279,12 @@ class ModuleAnalysis:
             return True
         for call in self.calls:
             name = call_name(call)
-            if name in ("backward", "zero_grad") and isinstance(call.func, ast.Attribute):
+            if (
+                name in ("backward", "zero_grad")
+                and isinstance(call.func, ast.Attribute)
+                # `fused_softmax_cuda.backward(...)` inside a custom Function calls an extension module
+                and self.resolve(call.func.value) is None
+            ):
                 return True
             qualified = self.resolve(call.func)
             if qualified and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:

@@ -12,6 +12,9 @@ _UNSAFE = {
     "torch.nn.functional.binary_cross_entropy": "binary_cross_entropy",
     "torch.nn.BCELoss": "BCELoss",
 }
+# Frameworks that turn autocast on from configuration (Trainer(precision="16-mixed"),
+# Accelerator(mixed_precision="fp16")): their modules run under autocast without saying so.
+_AUTOCASTING_FRAMEWORKS = ("lightning", "pytorch_lightning", "lightning_fabric", "accelerate")
 _SAFE_REPLACEMENT = {
     "binary_cross_entropy": "F.binary_cross_entropy_with_logits on the logits (drop the sigmoid)",
     "BCELoss": "nn.BCEWithLogitsLoss on the logits (drop the sigmoid)",
@@ -27,6 +30,12 @@ class BinaryCrossEntropy(Rule):
     fix = "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on logits"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        if not (
+            analysis.uses_autocast
+            or analysis.uses_grad_scaler
+            or any(analysis.imports.imports_from(framework) for framework in _AUTOCASTING_FRAMEWORKS)
+        ):
+            return  # float32-only code: binary_cross_entropy is fine there
         for node in analysis.nodes(ast.Name) + analysis.nodes(ast.Attribute):
             if isinstance(node.ctx, ast.Store):
                 continue
