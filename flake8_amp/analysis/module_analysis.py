@@ -87,18 +87,29 @@ class ModuleAnalysis:
 
     # ---------------------------------------------------------------- the walk
     def _walk(self) -> None:
+        # The hot path of the whole plugin: a pre-order walk (so node lists come out in source order)
+        # that reads child fields directly instead of through ast.iter_child_nodes, and skips the
+        # shared leaf singletons (Load, Store, Add, Eq ...), which are a third of all nodes.
         parents = self.parents
         by_type = self._by_type
-        iter_children = ast.iter_child_nodes
         stack: list[ast.AST] = [self.tree]
+        pop, push = stack.pop, stack.append
+        AST = ast.AST
+        known_fields = _CHILD_FIELDS
         while stack:
-            node = stack.pop()
-            by_type[type(node)].append(node)
-            children = list(iter_children(node))
-            for child in children:
-                parents[child] = node
-            children.reverse()
-            stack.extend(children)
+            node = pop()
+            node_type = type(node)
+            by_type[node_type].append(node)
+            for field in known_fields.get(node_type) or _child_fields_reversed(node_type):
+                value = getattr(node, field, None)
+                if type(value) is list:
+                    for item in reversed(value):
+                        if isinstance(item, AST):
+                            parents[item] = node
+                            push(item)
+                elif isinstance(value, AST):
+                    parents[value] = node
+                    push(value)
         for node in by_type[ast.Import] + by_type[ast.ImportFrom]:
             self.imports.add(node)  # type: ignore[arg-type]
         for node in by_type[ast.Assign]:
@@ -263,13 +274,22 @@ class ModuleAnalysis:
 
     @cached_property
     def grad_scaler_constructions(self) -> list[ast.Call]:
-        return [call for call in self.calls if self.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS]
+        names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
+        return [
+            call
+            for call in self.calls
+            if call_name(call) in names and self.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS
+        ]
 
     @cached_property
     def uses_grad_scaler(self) -> bool:
-        return bool(self.grad_scaler_constructions) or any(
-            self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Attribute)
-        )
+        if self.grad_scaler_constructions:
+            return True
+        names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
+        return any(
+            node.attr in names and self.resolve(node) in GRAD_SCALER_CONSTRUCTORS
+            for node in self.nodes(ast.Attribute)
+        ) or any(self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Name) if node.id in names)
 
     @cached_property
     def trains(self) -> bool:
@@ -290,6 +310,20 @@ class ModuleAnalysis:
             if qualified and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:
                 return True
         return False
+
+
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields_reversed(node_type: type) -> tuple[str, ...]:
+    """The fields of a node type that can hold child nodes worth visiting (not ctx / op / ops), last
+    first, so that a stack pops them in source order."""
+    fields = _CHILD_FIELDS.get(node_type)
+    if fields is None:
+        names = node_type._fields  # type: ignore[attr-defined]
+        fields = tuple(reversed([f for f in names if f not in ("ctx", "op", "ops")]))
+        _CHILD_FIELDS[node_type] = fields
+    return fields
 
 
 def _alternatives(value: ast.expr) -> list[ast.expr]:

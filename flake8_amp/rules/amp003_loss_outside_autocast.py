@@ -20,6 +20,8 @@ class LossOutsideAutocast(Rule):
     fix = "compute the loss inside the autocast block, or .float() its inputs"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        if not analysis.uses_autocast:
+            return
         flow = None
         for call in analysis.calls:
             if not is_loss_call(call, analysis) or analysis.context(call).in_enabled_autocast:
