@@ -1,0 +1,208 @@
+"""The engine and the shared analysis: names, regions, module facts, the flake8 adapter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from flake8_amp import engine
+from flake8_amp.analysis.module_analysis import ModuleAnalysis
+from flake8_amp.engine import LintOptions, lint_source, lint_tree
+from flake8_amp.plugin import AmpChecker
+from flake8_amp.rules.base import Finding, Rule, Severity
+
+
+def analyse(source: str) -> ModuleAnalysis:
+    return ModuleAnalysis(ast.parse(textwrap.dedent(source)))
+
+
+# ---------------------------------------------------------------- qualified names
+@pytest.mark.parametrize(
+    "imports, expr, expected",
+    [
+        ("import torch.nn.functional as F", "F.softmax", "torch.nn.functional.softmax"),
+        ("from torch import nn", "nn.BCELoss", "torch.nn.BCELoss"),
+        ("from torch.nn import BCELoss as B", "B", "torch.nn.BCELoss"),
+        ("from torch.cuda.amp import autocast", "autocast", "torch.cuda.amp.autocast"),
+        ("import torch.nn.functional", "torch.nn.functional.softmax", "torch.nn.functional.softmax"),
+        ("from torch.nn.modules.loss import BCELoss", "BCELoss", "torch.nn.BCELoss"),
+        ("import torch", "softmax", None),
+        ("from . import nn", "nn.BCELoss", None),
+    ],
+)
+def test_qualified_names_through_imports_and_aliases(imports, expr, expected):
+    analysis = analyse(imports)
+    assert analysis.resolve(ast.parse(expr, mode="eval").body) == expected
+
+
+# ---------------------------------------------------------------- autocast regions
+def region_settings(source: str):
+    analysis = analyse(source)
+    return [(r.api, r.device_type, r.dtype, r.enabled) for r in analysis.regions]
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ('with torch.autocast("cuda"): pass', ("torch.autocast", "cuda", None, True)),
+        (
+            'with torch.amp.autocast(device_type="cpu", dtype=torch.bfloat16): pass',
+            ("torch.amp.autocast", "cpu", "bfloat16", True),
+        ),
+        ("with torch.cuda.amp.autocast(enabled=False): pass", ("torch.cuda.amp.autocast", "cuda", None, False)),
+        ("with torch.cpu.amp.autocast(): pass", ("torch.cpu.amp.autocast", "cpu", None, True)),
+        ("with torch.autocast('cuda', torch.float16, use_amp): pass", ("torch.autocast", "cuda", "float16", None)),
+        ("with torch.autocast(device, dtype=dt): pass", ("torch.autocast", None, None, True)),
+    ],
+)
+def test_region_settings_are_captured_where_literal(source, expected):
+    assert region_settings("import torch\n" + source) == [expected]
+
+
+def test_bare_imported_name_and_decorator_regions():
+    analysis = analyse(
+        """
+        import torch
+        from torch.cuda.amp import autocast
+        @autocast(dtype=torch.bfloat16)
+        def forward(x):
+            return x
+        with autocast():
+            pass
+        """
+    )
+    assert {(r.device_type, r.dtype) for r in analysis.regions} == {("cuda", "bfloat16"), ("cuda", None)}
+
+
+def test_context_nests_regions_and_sees_enabled_false_inside():
+    analysis = analyse(
+        """
+        import torch
+        def f(x):
+            with torch.autocast("cuda"):
+                a = x
+                with torch.autocast("cuda", enabled=False):
+                    b = x
+            c = x
+        """
+    )
+    assigns = {node.targets[0].id: node for node in analysis.nodes(ast.Assign)}
+    assert analysis.context(assigns["a"]).in_enabled_autocast
+    inner = analysis.context(assigns["b"])
+    assert len(inner.regions) == 2 and inner.in_disabled_autocast and not inner.in_enabled_autocast
+    assert analysis.context(assigns["c"]).regions == ()
+
+
+def test_a_name_bound_to_autocast_opens_a_region_of_unknown_state():
+    # nanoGPT: ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(...)
+    analysis = analyse(
+        """
+        import torch
+        from contextlib import nullcontext
+        ctx = nullcontext() if device_type == "cpu" else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+        def estimate(model, x):
+            with ctx:
+                logits = model(x)
+        """
+    )
+    assign = next(n for n in analysis.nodes(ast.Assign) if n.targets[0].id == "logits")
+    region = analysis.context(assign).innermost_region
+    assert region is not None and region.enabled is None and region.may_be_enabled
+
+
+def test_nested_function_does_not_inherit_the_region_it_is_defined_in():
+    analysis = analyse(
+        """
+        import torch
+        with torch.autocast("cuda"):
+            def later(x):
+                y = x
+        """
+    )
+    assign = analysis.nodes(ast.Assign)[0]
+    assert analysis.context(assign).regions == ()
+
+
+@pytest.mark.parametrize(
+    "source, trains",
+    [
+        ("import torch\nloss.backward()", True),
+        ("import torch\nopt = torch.optim.AdamW(params)", True),
+        ("import torch\nscaler = torch.amp.GradScaler('cuda')", True),
+        ("import torch\nwith torch.autocast('cuda'): pass", True),
+        ("import torch\nmodel = torch.load('m.pt').half()\nprint(model(x))", False),
+        ("import torch\nimport ext_cuda\next_cuda.backward(grad)", False),
+        ("import torch\nsched = torch.optim.lr_scheduler.StepLR(opt, 1)", False),
+    ],
+)
+def test_whether_the_module_trains(source, trains):
+    assert analyse(source).trains is trains
+
+
+# ---------------------------------------------------------------- engine and adapter
+def test_a_file_that_never_mentions_torch_is_not_analysed(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("analysed a file without torch")
+
+    monkeypatch.setattr(engine, "ModuleAnalysis", fail)
+    checker = AmpChecker(ast.parse("import numpy as np\nx = np.half(1)\n"), ["import numpy as np\n", "x = np.half(1)\n"])
+    assert list(checker.run()) == []
+
+
+def test_flake8_adapter_yields_zero_based_columns_and_full_messages():
+    source = "import torch\nscaler = torch.amp.GradScaler('cuda')\nx = 1\ny =   x.half()\n"
+    results = list(AmpChecker(ast.parse(source), source.splitlines(True)).run())
+    assert [(line, col) for line, col, _, _ in results] == [(4, 6)]
+    message = results[0][2]
+    assert message.startswith("AMP001 .half() cast of 'x'")
+    assert message.endswith("(flake8-amp explain AMP001)") and " -> " in message
+
+
+def test_a_rule_that_raises_becomes_an_amp000_finding_and_the_others_still_run():
+    class Broken(Rule):
+        code, name, severity = "AMP999", "broken", Severity.LOW
+        summary = why = fix = "x"
+
+        def check(self, analysis):
+            raise ValueError("boom")
+
+    class Working(Rule):
+        code, name, severity = "AMP998", "working", Severity.LOW
+        summary = why = fix = "x"
+
+        def check(self, analysis):
+            yield Finding(2, 0, self.code, "found", "fix it")
+
+    findings = lint_tree(ast.parse("import torch\nx = 1\n"), LintOptions(), rules=[Broken(), Working()])
+    assert [(f.code, f.line) for f in findings] == [("AMP000", 1), ("AMP998", 2)]
+    assert "AMP999" in findings[0].message and "ValueError: boom" in findings[0].message
+
+
+def test_flake8_end_to_end_with_noqa(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n"
+        "scaler = torch.amp.GradScaler('cuda')\n"
+        "a = x.half()\n"
+        "b = x.half()  # noqa: AMP001\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flake8", "--select", "AMP", str(script)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:5: AMP001 ")
+
+
+def test_importing_the_linter_does_not_import_torch():
+    code = "import sys, flake8_amp, flake8_amp.plugin, flake8_amp.cli, flake8_amp.rules; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_lint_source_skips_text_without_torch():
+    assert lint_source("x = y.half()\n") == []
