@@ -41,5 +41,8 @@ class BinaryCrossEntropy(Rule):
                 continue
             qualified = analysis.resolve(node)
             if qualified in _UNSAFE:
+                region = analysis.context(node).innermost_region
+                if region is not None and region.enabled is False:
+                    continue  # the documented workaround: BCE on .float() inputs with autocast off
                 short = _UNSAFE[qualified]
                 yield self.finding(node, f"{short} is unsafe to autocast", fix=f"use {_SAFE_REPLACEMENT[short]}")
