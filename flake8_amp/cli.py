@@ -2,7 +2,6 @@
 
 ``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
 ``flake8-amp rules [--json]``   the rule table
-``flake8-amp formats`` / ``bits``  float-format limits and bit patterns (see flake8_amp.runtime.commands)
 """
 
 from __future__ import annotations
@@ -66,10 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     rules_parser = subparsers.add_parser("rules", help="list every rule")
     rules_parser.add_argument("--json", action="store_true", help="machine-readable output")
     rules_parser.set_defaults(func=list_rules)
-
-    from .runtime import commands as runtime_commands  # pure Python: imports no torch
-
-    runtime_commands.register(subparsers)
     return parser
 
 
