@@ -154,9 +154,9 @@ def test_a_file_that_never_mentions_torch_is_not_analysed(monkeypatch):
 
 
 def test_flake8_adapter_yields_zero_based_columns_and_full_messages():
-    source = "import torch\nscaler = torch.amp.GradScaler('cuda')\nx = 1\ny =   x.half()\n"
+    source = "import torch\nx = 1\nwith torch.autocast('cuda'):\n    y =   x.half()\n"
     results = list(AmpChecker(ast.parse(source), source.splitlines(True)).run())
-    assert [(line, col) for line, col, _, _ in results] == [(4, 6)]
+    assert [(line, col) for line, col, _, _ in results] == [(4, 10)]
     message = results[0][2]
     assert message.startswith("AMP001 .half() cast of 'x'")
     assert message.endswith("(flake8-amp explain AMP001)") and " -> " in message
@@ -186,16 +186,16 @@ def test_flake8_end_to_end_with_noqa(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(
         "import torch\n"
-        "scaler = torch.amp.GradScaler('cuda')\n"
-        "a = x.half()\n"
-        "b = x.half()  # noqa: AMP001\n"
+        "with torch.autocast('cuda'):\n"
+        "    a = x.half()\n"
+        "    b = x.half()  # noqa: AMP001\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "flake8", "--select", "AMP", str(script)], capture_output=True, text=True
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:5: AMP001 ")
+    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:9: AMP001 ")
 
 
 def test_importing_the_linter_does_not_import_torch():

@@ -26,11 +26,13 @@ class AutocastRegion:
     device_type: str | None
     dtype: str | None
     enabled: bool | None
+    #: False when a dtype is given but is not a literal (``dtype=self.dtype``)
+    dtype_known: bool = True
 
     @property
     def effective_dtype(self) -> str | None:
         """The low-precision dtype the region computes in: the explicit one or the device default."""
-        if self.dtype is not None:
+        if self.dtype is not None or not self.dtype_known:
             return self.dtype
         return _DEFAULT_DTYPE.get(self.device_type or "")
 
@@ -91,12 +93,14 @@ def region_from_call(call: ast.Call, owner: ast.AST, resolve: Resolver) -> Autoc
             device = implied_device
             enabled_node = args[0] if args else keywords.get("enabled")
             dtype_node = args[1] if len(args) > 1 else keywords.get("dtype")
+        dtype = dtype_of(dtype_node, resolve)
         return AutocastRegion(
             node=owner,
             api=qualified,
             device_type=device,
-            dtype=dtype_of(dtype_node, resolve),
+            dtype=dtype,
             enabled=_literal_bool(enabled_node),
+            dtype_known=dtype is not None or dtype_node is None,
         )
     # Framework wrappers such as accelerate's `accelerator.autocast()`: autocast with settings
     # decided elsewhere.

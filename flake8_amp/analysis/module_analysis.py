@@ -43,6 +43,12 @@ class Context:
         return region is not None and region.may_be_enabled
 
     @property
+    def in_test(self) -> bool:
+        """Inside a pytest / unittest test function: tests exercise hazards on purpose."""
+        function = self.function
+        return isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and function.name.startswith("test")
+
+    @property
     def in_disabled_autocast(self) -> bool:
         """Inside ``autocast(enabled=False)`` nested in an enabled region."""
         region = self.innermost_region
@@ -237,7 +243,7 @@ class ModuleAnalysis:
         region, conditional = found[0]
         if conditional or len(found) > 1:
             # The name may hold autocast or a null context: it is a region of unknown state.
-            return AutocastRegion(owner, region.api, region.device_type, region.dtype, None)
+            return AutocastRegion(owner, region.api, region.device_type, region.dtype, None, region.dtype_known)
         return region
 
     def _disables_grad(self, expr: ast.AST) -> bool:

@@ -35,7 +35,7 @@ class ManualHalfCast(Rule):
             context = analysis.context(call)
             if (
                 context.grad_disabled
-                or _in_a_test(context.function)
+                or context.in_test
                 or guarded_by_precision_setting(analysis, call)
                 or _is_a_copy_or_rounding(call, analysis)
             ):
@@ -53,11 +53,6 @@ class ManualHalfCast(Rule):
             assert isinstance(func, ast.Attribute)  # cast_dtype only recognises method casts
             spelled = f".{func.attr}()" if not call.args and not call.keywords else f".{func.attr}({dtype})"
             yield self.finding(call, f"{spelled} cast of '{excerpt(func.value)}' feeds autocast code")
-
-
-def _in_a_test(function: ast.AST | None) -> bool:
-    """pytest / unittest test functions cast on purpose to check how code handles a dtype."""
-    return isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and function.name.startswith("test")
 
 
 def _outermost_chain(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST:

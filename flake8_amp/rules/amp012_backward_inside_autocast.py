@@ -1,0 +1,34 @@
+"""AMP012: backward() run inside an autocast region."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.training_calls import TrainingCalls
+from .base import Finding, Rule, Severity
+
+_AUTOGRAD_ENTRY_POINTS = frozenset({"torch.autograd.grad", "torch.autograd.backward"})
+
+
+class BackwardInsideAutocast(Rule):
+    code = "AMP012"
+    name = "backward-inside-autocast"
+    severity = Severity.MEDIUM
+    summary = "backward() or torch.autograd.grad() inside an autocast region"
+    why = "backward ops run in the dtype their forward ops chose; autocast around backward only adds casts and surprises"
+    fix = "end the autocast block after the loss and call backward outside it"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        if not analysis.uses_autocast:
+            return
+        training = analysis.derived(TrainingCalls)
+        for call in analysis.calls:
+            context = analysis.context(call)
+            if not context.in_enabled_autocast or context.in_test:
+                continue
+            if training.is_tensor_backward(call):
+                yield self.finding(call, "backward() inside an autocast region")
+            elif analysis.resolve(call.func) in _AUTOGRAD_ENTRY_POINTS:
+                name = analysis.resolve(call.func)
+                yield self.finding(call, f"{name}() inside an autocast region")

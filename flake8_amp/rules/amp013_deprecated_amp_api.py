@@ -1,0 +1,80 @@
+"""AMP013: the deprecated torch.cuda.amp / torch.cpu.amp spellings."""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Iterator
+
+from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.training_calls import branches
+from .base import Finding, Rule, Severity
+
+# Deprecated in torch 2.4 (FutureWarning), still so in 2.13: qualified name -> replacement.
+DEPRECATED_AMP_API = {
+    "torch.cuda.amp.autocast": 'torch.amp.autocast("cuda", ...)',
+    "torch.cuda.amp.GradScaler": 'torch.amp.GradScaler("cuda", ...)',
+    "torch.cuda.amp.custom_fwd": 'torch.amp.custom_fwd(device_type="cuda", ...)',
+    "torch.cuda.amp.custom_bwd": 'torch.amp.custom_bwd(device_type="cuda")',
+    "torch.cpu.amp.autocast": 'torch.amp.autocast("cpu", ...)',
+    "torch.cpu.amp.GradScaler": 'torch.amp.GradScaler("cpu", ...)',
+}
+_SUBMODULES = {"torch.cuda.amp.autocast_mode.": "torch.cuda.amp.", "torch.cuda.amp.grad_scaler.": "torch.cuda.amp.",
+               "torch.cpu.amp.autocast_mode.": "torch.cpu.amp.", "torch.cpu.amp.grad_scaler.": "torch.cpu.amp."}
+
+
+_VERSION_CHECK = re.compile(r"version|TORCH_|torch_|_2_\d|hasattr|getattr|>=|<", re.I)
+
+
+def deprecated_name(qualified: str | None) -> str | None:
+    if qualified is None:
+        return None
+    for private, public in _SUBMODULES.items():
+        if qualified.startswith(private):
+            qualified = public + qualified[len(private) :]
+    return qualified if qualified in DEPRECATED_AMP_API else None
+
+
+class DeprecatedAmpApi(Rule):
+    code = "AMP013"
+    name = "deprecated-amp-api"
+    severity = Severity.LOW
+    summary = "Deprecated torch.cuda.amp / torch.cpu.amp autocast, GradScaler, custom_fwd, custom_bwd"
+    why = "deprecated since torch 2.4 (FutureWarning on every use); torch.amp takes the device type explicitly"
+    fix = "use the torch.amp spelling with its device type"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        # `from torch.cuda.amp import autocast` is reported at the import, once per name; its uses are
+        # not reported again. Spelled-out references (`torch.cuda.amp.autocast(...)`) at each use.
+        for node in analysis.nodes(ast.ImportFrom):
+            if node.level or not node.module:
+                continue
+            for alias in node.names:
+                qualified = deprecated_name(f"{node.module}.{alias.name}")
+                if qualified and not _is_version_fallback(node, analysis):
+                    yield self._report(alias if hasattr(alias, "lineno") else node, qualified, imported=True)
+        for node in analysis.nodes(ast.Attribute):
+            qualified = deprecated_name(analysis.resolve(node))
+            if (
+                qualified
+                and not isinstance(analysis.parents.get(node), ast.Attribute)
+                and not _is_version_fallback(node, analysis)
+            ):
+                yield self._report(node, qualified, imported=False)
+
+    def _report(self, node: ast.AST, qualified: str, imported: bool) -> Finding:
+        replacement = DEPRECATED_AMP_API[qualified]
+        where = "imported" if imported else "used"
+        return self.finding(node, f"deprecated {qualified} {where}", fix=f"use {replacement}")
+
+
+def _is_version_fallback(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """The deprecated spelling kept for old torch releases: the else arm of a version check
+    (``torch.amp.GradScaler(...) if _TORCH_GREATER_EQUAL_2_4 else torch.cuda.amp.GradScaler()``) or an
+    ``except`` fallback after trying torch.amp."""
+    for branch, field in branches(node, analysis):
+        if isinstance(branch, ast.ExceptHandler):
+            return True
+        if field == "orelse" and _VERSION_CHECK.search(ast.unparse(branch.test)):  # type: ignore[attr-defined]
+            return True
+    return False

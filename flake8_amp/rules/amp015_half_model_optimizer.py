@@ -1,0 +1,105 @@
+"""AMP015: an optimizer over the parameters of a model cast to float16."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from ..analysis.low_precision import cast_dtype
+from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.precision import guarded_by_precision_setting
+from .base import Finding, Rule, Severity
+
+
+class HalfModelOptimizer(Rule):
+    code = "AMP015"
+    name = "half-model-optimizer"
+    severity = Severity.HIGH
+    summary = "Optimizer over the parameters of a model cast to float16 (no float32 master weights)"
+    why = "float16 weights drop updates below half an ulp, Adam's eps=1e-8 underflows, and GradScaler raises 'Attempting to unscale FP16 gradients'"
+    fix = "keep the model in float32 and use torch.autocast + GradScaler"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        halved = self._half_models(analysis)
+        if not halved:
+            return
+        for call in analysis.calls:
+            qualified = analysis.resolve(call.func) or ""
+            if not qualified.startswith("torch.optim.") or ".lr_scheduler." in qualified or not call.args:
+                continue
+            for model in _parameter_owners(call.args[0]):
+                cast = halved.get((analysis.context(call).function, model)) or halved.get((None, model))
+                if cast is not None and cast.lineno <= call.lineno and not self._restored(model, cast, call, analysis):
+                    yield self.finding(
+                        call,
+                        f"{qualified.rpartition('.')[2]} over {model}.parameters(), a model cast to float16 at line {cast.lineno}",
+                    )
+                    break
+
+    @staticmethod
+    def _half_models(analysis: ModuleAnalysis) -> dict[tuple[ast.AST | None, str], ast.Call]:
+        """(function, model name) -> the cast: ``model = Net().half()``, ``model.half()``,
+        ``model.to(torch.float16)``."""
+        found = {}
+        for call in analysis.calls:
+            if cast_dtype(call, analysis) != "float16":
+                continue
+            context = analysis.context(call)
+            if context.grad_disabled or guarded_by_precision_setting(analysis, call):
+                continue
+            statement = analysis.statement_of(call)
+            name = None
+            if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+                if _outermost_chained_call(call, analysis) is statement.value:
+                    name = statement.targets[0].id
+            elif isinstance(statement, ast.Expr) and statement.value is call:
+                receiver = call.func.value  # type: ignore[attr-defined]
+                while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
+                    receiver = receiver.func.value
+                if isinstance(receiver, ast.Name):
+                    name = receiver.id
+            if name:
+                found.setdefault((context.function, name), call)
+        return found
+
+    @staticmethod
+    def _restored(model: str, cast: ast.Call, optimizer: ast.Call, analysis: ModuleAnalysis) -> bool:
+        """``model.float()`` between the cast and the optimizer."""
+        for call in analysis.calls:
+            if (
+                cast.lineno < call.lineno <= optimizer.lineno
+                and call_name(call) == "float"
+                and isinstance(call.func, ast.Attribute)
+                and isinstance(call.func.value, ast.Name)
+                and call.func.value.id == model
+            ):
+                return True
+        return False
+
+
+def _outermost_chained_call(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST:
+    """``Net().half().cuda()``: the calls chained after the cast, unless one casts back (``.float()``)."""
+    outer: ast.AST = call
+    parent = analysis.parents.get(outer)
+    while (
+        isinstance(parent, ast.Attribute)
+        and parent.attr not in ("float", "double")
+        and isinstance(analysis.parents.get(parent), ast.Call)
+    ):
+        outer = analysis.parents[parent]
+        parent = analysis.parents.get(outer)
+    return outer
+
+
+def _parameter_owners(argument: ast.expr) -> list[str]:
+    """Names whose ``.parameters()`` / ``.named_parameters()`` reach the optimizer's first argument."""
+    owners = []
+    for node in ast.walk(argument):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("parameters", "named_parameters")
+            and isinstance(node.func.value, ast.Name)
+        ):
+            owners.append(node.func.value.id)
+    return owners

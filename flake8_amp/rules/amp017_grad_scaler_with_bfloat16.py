@@ -1,0 +1,28 @@
+"""AMP017: a GradScaler where every autocast region is bfloat16."""
+
+from __future__ import annotations
+
+import ast
+from typing import Iterator
+
+from ..analysis.module_analysis import ModuleAnalysis
+from .base import Finding, Rule, Severity
+
+
+class GradScalerWithBfloat16(Rule):
+    code = "AMP017"
+    name = "grad-scaler-with-bfloat16"
+    severity = Severity.LOW
+    summary = "GradScaler in a module whose every autocast region is bfloat16"
+    why = "bfloat16 has float32's range: loss scaling does nothing but cost an unscale and an inf check per step"
+    fix = "drop the GradScaler (or enable it only for float16: enabled=(dtype == torch.float16))"
+
+    def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        regions = analysis.regions
+        if not regions or any(region.effective_dtype != "bfloat16" for region in regions):
+            return
+        for call in analysis.grad_scaler_constructions:
+            enabled = next((kw.value for kw in call.keywords if kw.arg == "enabled"), None)
+            if enabled is not None and not (isinstance(enabled, ast.Constant) and enabled.value is True):
+                continue  # enabled=False, or decided at run time (enabled=(dtype == torch.float16))
+            yield self.finding(call, "GradScaler with only bfloat16 autocast in the module")
