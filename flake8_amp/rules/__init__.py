@@ -27,6 +27,10 @@ def _discover() -> tuple[Rule, ...]:
             for cls in vars(module).values()
             if inspect.isclass(cls) and issubclass(cls, Rule) and cls is not Rule and cls.__module__ == module.__name__
         )
+    codes = [rule.code for rule in rules]
+    duplicates = sorted({code for code in codes if codes.count(code) > 1})
+    if duplicates:
+        raise RuntimeError(f"flake8-amp: several rule modules define {', '.join(duplicates)}")
     return tuple(sorted(rules, key=lambda rule: rule.code))
 
 

@@ -23,7 +23,11 @@ class UnstableSoftmaxOrLog(Rule):
         for node in analysis.nodes(ast.BinOp):
             if isinstance(node.op, ast.Div):
                 exponent = self._exp_argument(node.left, analysis)
-                if exponent is not None and self._sums_an_exp(node.right, analysis) and not _max_subtracted(exponent):
+                if (
+                    exponent is not None
+                    and self._sums_an_exp(node.right, analysis)
+                    and not _max_subtracted(exponent, analysis)
+                ):
                     yield self.finding(
                         node,
                         "hand-written softmax exp(x) / exp(x).sum() without subtracting the max",
@@ -79,8 +83,11 @@ class UnstableSoftmaxOrLog(Rule):
         return call.func.value
 
 
-def _max_subtracted(exponent: ast.AST) -> bool:
-    """``x - x.max(-1, keepdim=True).values``, ``x - torch.amax(x)``, ``x - logsumexp``."""
+def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """``x - x.max(-1, keepdim=True).values``, ``x - torch.amax(x)``, ``x - logsumexp``, also through a
+    name bound to such a difference."""
+    if isinstance(exponent, ast.Name):
+        return any(_max_subtracted(value, analysis) for value in analysis.bound_values(exponent))
     if not (isinstance(exponent, ast.BinOp) and isinstance(exponent.op, ast.Sub)):
         return False
     for node in ast.walk(exponent.right):

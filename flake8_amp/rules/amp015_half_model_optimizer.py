@@ -48,17 +48,17 @@ class HalfModelOptimizer(Rule):
             if context.grad_disabled or guarded_by_precision_setting(analysis, call):
                 continue
             statement = analysis.statement_of(call)
-            name = None
-            if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
-                if _outermost_chained_call(call, analysis) is statement.value:
-                    name = statement.targets[0].id
-            elif isinstance(statement, ast.Expr) and statement.value is call:
+            names = []
+            if _outermost_chained_call(call, analysis) is getattr(statement, "value", None):
+                if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+                    names.append(statement.targets[0].id)
+                # nn.Module.half() casts in place: `fast = net.half()` halves `net` too.
                 receiver = call.func.value  # type: ignore[attr-defined]
                 while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
                     receiver = receiver.func.value
                 if isinstance(receiver, ast.Name):
-                    name = receiver.id
-            if name:
+                    names.append(receiver.id)
+            for name in names:
                 found.setdefault((context.function, name), call)
         return found
 
