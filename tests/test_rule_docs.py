@@ -21,7 +21,7 @@ HEADINGS = [
     "## References",
 ]
 CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-TOPIC_LINK = re.compile(r"\]\(([a-z0-9-]+\.md)(?:#[^)]*)?\)")
+TOPIC_LINK = re.compile(r"\]\(([A-Za-z0-9-]+\.md)(?:#[^)]*)?\)")
 RULES = [rule.code for rule in ALL_RULES]
 
 
@@ -62,3 +62,10 @@ def test_doc_cites_evidence_and_links_resolve(code):
     assert "https://" in section(doc, "## References")
     for target in TOPIC_LINK.findall(doc):
         assert (docs_directory() / target).is_file(), f"{code} links to missing {target}"
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in docs_directory().glob("*.md")))
+def test_every_doc_page_links_only_to_pages_that_exist(page):
+    text = (docs_directory() / page).read_text()
+    for target in TOPIC_LINK.findall(text):
+        assert (docs_directory() / target).is_file(), f"{page} links to missing {target}"
