@@ -10,6 +10,7 @@ from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.precision import BF16, FP16, module_precision
 from .base import Finding, Rule, Severity
+from .source_text import excerpt
 
 # method name -> position of the fill value
 _FILL_METHODS = {"masked_fill": 1, "masked_fill_": 1, "fill_": 0, "new_full": 1}
@@ -39,20 +40,21 @@ class Fp16OverflowLiteral(Rule):
                 if overflows_fp16(literal):
                     yield self.finding(
                         value,
-                        f"{ast.unparse(value)} as the fill value of {call_name(call)}() overflows float16 (max 65504)",
+                        f"{literal:g} as the fill value of {call_name(call)}() overflows float16 (max 65504)",
                     )
         for node in analysis.nodes(ast.BinOp):
             if not isinstance(node.op, (ast.Mult, ast.Add, ast.Sub)):
                 continue
             for literal_side, tensor_side in ((node.left, node.right), (node.right, node.left)):
-                if not overflows_fp16(numeric_literal(literal_side)):
+                literal = numeric_literal(literal_side)
+                if not overflows_fp16(literal):
                     continue
                 flow = flow or analysis.derived(LowPrecisionFlow)
                 origin = flow.origin(tensor_side)
                 if origin is not None and origin.dtype != "bfloat16":
                     yield self.finding(
                         literal_side,
-                        f"{ast.unparse(literal_side)} mixed into '{ast.unparse(tensor_side)[:30]}', a "
+                        f"{literal:g} mixed into '{excerpt(tensor_side)}', a "
                         f"{origin.dtype_label} value, overflows float16 (max 65504)",
                         fix="scale in float32 (.float() first) or keep the constant within 65504",
                     )
