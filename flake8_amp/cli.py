@@ -2,6 +2,7 @@
 
 ``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
 ``flake8-amp rules [--json]``   the rule table
+``flake8-amp formats [--json]`` float-format limits; ``flake8-amp bits 12345.67 --format fp16``
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules_parser = subparsers.add_parser("rules", help="list every rule")
     rules_parser.add_argument("--json", action="store_true", help="machine-readable output")
     rules_parser.set_defaults(func=list_rules)
+
+    from .runtime import commands as runtime_commands  # pure Python: imports no torch
+
+    runtime_commands.register(subparsers)
     return parser
 
 

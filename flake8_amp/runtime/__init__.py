@@ -19,8 +19,8 @@ _EXPORTS = {
     # tensor analysis
     "analyze_tensor": "analyzer",
     "TensorReport": "analyzer",
-    "precision_table": "precision_table",
-    "plot_precision_table": "precision_table",
+    "precision_table": "range_explorer",
+    "plot_precision_table": "range_explorer",
     # training monitor
     "watch_training": "monitor",
     "TrainingMonitor": "monitor",
