@@ -1,0 +1,663 @@
+"""The training monitor: ``@watch_training`` and ``TrainingMonitor``.
+
+Every step, on the device and without a host synchronisation, it records the loss, the global and
+per-layer gradient norms (non-finite layers show as non-finite norms), the GradScaler's scale (a skipped
+step is a step after which the scale went down) and the learning rate, into a fixed-size ring buffer.
+Every ``sample_every`` steps, forward hooks add per-layer activation statistics. Every ``report_every``
+steps the buffer comes to the host in one transfer, the values are judged against baselines learned
+during warm-up, and alerts go to the ``flake8_amp.runtime`` logger. The price of no per-step
+synchronisation: an anomaly is *reported* at the next report step, but always *named* with the exact
+step and layer where it happened (``sync_every_step=True`` reports at once, at the cost of one host read
+per step).
+
+The monitor never changes training: it reads detached tensors, draws no random numbers, its hooks return
+None, and any exception inside it is logged once and turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("flake8_amp.runtime")
+
+# Host-side series kept for summary(), to_jsonl() and plot(): a fixed number of steps.
+HISTORY_STEPS = 4096
+MAX_ALERTS_KEPT = 200
+_FORMAT_LIMITS = {  # dtype name -> (max, smallest normal)
+    "float16": (65504.0, 2.0**-14),
+    "bfloat16": (3.3895313892515355e38, 2.0**-126),
+    "float32": (3.4028234663852886e38, 2.0**-126),
+}
+_PRECISION_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class Alert:
+    step: int
+    metric: str
+    value: float
+    baseline: str
+    layer: str | None = None
+    rank: int | None = None
+    deviation: float | None = None
+
+    def message(self) -> str:
+        where = f"Layer '{self.layer}' " if self.layer else ""
+        rank = f" | rank {self.rank}" if self.rank is not None else ""
+        deviation = f" | Deviation: {self.deviation:.0f}σ" if self.deviation is not None and math.isfinite(self.deviation) else ""
+        return f"[ALERT] Step {self.step}{rank} | {where}{self.metric}: {_fmt(self.value)} (baseline: {self.baseline}){deviation}"
+
+
+@dataclass
+class MonitorSummary:
+    steps: int
+    alerts: list[Alert]
+    skipped_steps: list[int]
+    worst_layers: list[tuple[str, str, float]]  # (layer, metric, worst value)
+    disabled_reason: str | None = None
+
+    def __str__(self) -> str:
+        lines = [f"flake8-amp training monitor: {self.steps} steps, {len(self.alerts)} alerts, {len(self.skipped_steps)} skipped steps"]
+        if self.disabled_reason:
+            lines.append(f"  monitor turned itself off: {self.disabled_reason}")
+        if self.skipped_steps:
+            shown = ", ".join(map(str, self.skipped_steps[:20])) + (" ..." if len(self.skipped_steps) > 20 else "")
+            lines.append(f"  GradScaler skipped steps: {shown}")
+        for alert in self.alerts[:20]:
+            lines.append("  " + alert.message())
+        if len(self.alerts) > 20:
+            lines.append(f"  ... {len(self.alerts) - 20} more alerts")
+        for layer, metric, value in self.worst_layers:
+            lines.append(f"  worst layer for {metric}: '{layer}' ({_fmt(value)})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "alerts": [vars(a) for a in self.alerts],
+            "skipped_steps": self.skipped_steps,
+            "worst_layers": [list(w) for w in self.worst_layers],
+            "disabled_reason": self.disabled_reason,
+        }
+
+
+# The smallest rise worth an alert, per metric, whatever the baseline's spread: an activation whose
+# underflow ratio goes from 0 to 1 element in 1024, or whose headroom goes from 1e-5 to 2e-5 of the
+# format's max, is noise, not trouble.
+_ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05}
+_RELATIVE_FLOOR = 0.05
+
+
+class _Baseline:
+    """A metric's normal range: warm-up values, then a rolling window of the values judged normal."""
+
+    def __init__(self, metric: str, warmup_steps: int, window: int) -> None:
+        self.values: deque[float] = deque(maxlen=max(warmup_steps, window, 8))
+        self.window = window
+        self.high = -math.inf
+        self.floor = _ABSOLUTE_FLOOR.get(metric, 0.0)
+
+    def describe(self) -> str:
+        median, scale = self.center()
+        return f"{_fmt(median)}±{_fmt(scale)}"
+
+    def center(self) -> tuple[float, float]:
+        values = list(self.values)[-max(self.window, 8) :]
+        median = statistics.median(values)
+        mad = statistics.median(abs(v - median) for v in values)
+        return median, max(1.4826 * mad, _RELATIVE_FLOOR * abs(median), 1e-12)
+
+    def judge(self, value: float, sigma: float) -> float | None:
+        """The deviation in robust sigmas if ``value`` is anomalously high, else None (and learn it).
+
+        High means: more than ``sigma`` robust deviations above the median, or more than twice the
+        highest value seen so far; either way by more than the metric's absolute floor. Only rises are
+        judged: a falling loss or gradient norm is training, not trouble.
+        """
+        if len(self.values) >= 8:
+            median, scale = self.center()
+            deviation = (value - median) / scale
+            beyond_sigma = deviation > sigma and value - median > self.floor
+            beyond_range = self.high > 0 and value > 2 * self.high and value - self.high > self.floor
+            if beyond_sigma or beyond_range:
+                return deviation
+        self.values.append(value)
+        self.high = max(self.high, value)
+        return None
+
+
+class TrainingMonitor:
+    """Watches a model's training steps; call :meth:`step` once per optimizer step.
+
+    Args:
+        model: the module being trained.
+        optimizer / scaler: optional; with them the monitor reads gradients right before the optimizer
+            steps and the GradScaler's scale and skipped steps.
+        warmup_steps: steps used to learn each metric's baseline (NaN/Inf alert during warm-up too).
+        alert_window: steps of history a judgement looks at; one alert per metric and layer per window.
+        sigma: robust deviations (median/MAD) above the baseline that raise an alert.
+        sample_every: steps between activation samples (forward hooks are attached only then).
+        report_every: steps between host reads (default: ``alert_window``).
+        precision: "fp16" or "bf16": judge float32 activations against that format's range.
+        writer: anything with ``add_scalar(tag, value, step)`` (a TensorBoard SummaryWriter).
+        sync_every_step: read to the host every step (alerts at once; costs a synchronisation per step).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
+        *,
+        warmup_steps: int = 100,
+        alert_window: int = 50,
+        sigma: float = 8.0,
+        sample_every: int = 10,
+        report_every: int | None = None,
+        precision: str | None = None,
+        writer: Any = None,
+        sync_every_step: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"TrainingMonitor needs an nn.Module, got {type(model).__name__}")
+        if precision not in (None, "fp16", "bf16"):
+            raise ValueError(f"precision must be 'fp16', 'bf16' or None, got {precision!r}")
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.warmup_steps, self.alert_window, self.sigma = warmup_steps, alert_window, sigma
+        self.sample_every = max(1, sample_every)
+        self.report_every = 1 if sync_every_step else max(1, report_every or alert_window)
+        self.precision, self.writer = precision, writer
+        self.steps = 0
+        self.enabled = True
+        self.disabled_reason: str | None = None
+        self._loss_ok = True
+
+        self._params: list[torch.Tensor] = []
+        layer_of_param: list[int] = []
+        self.layers: list[str] = []
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = name.rsplit(".", 1)[0] if "." in name else name
+            if not self.layers or self.layers[-1] != layer:
+                if layer not in self.layers:
+                    self.layers.append(layer)
+            self._params.append(parameter)
+            layer_of_param.append(self.layers.index(layer))
+        device = self._params[0].device if self._params else torch.device("cpu")
+        self.device = device
+        self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
+        n_layers = len(self.layers)
+        # Ring buffer, one row per step: loss, grad_norm, scale, then one gradient norm per layer.
+        self._columns = 3 + n_layers
+        self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32, device=device)
+        self._buffer_steps: list[int] = []
+        self._lr: list[float] = []
+        self._pending_grads: torch.Tensor | None = None
+
+        # Activation sampling: hooks on leaf modules, attached only for sampled steps.
+        self._act_modules = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+        self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 4): amax, headroom, underflow, distortion
+        self._act_finite: dict[int, torch.Tensor] = {}
+        self._hooks: list[Any] = []
+        self._current_act: list[torch.Tensor | None] = []
+
+        self._baselines: dict[tuple[str, str | None], _Baseline] = {}
+        self._last_alert: dict[tuple[str, str | None], int] = {}
+        self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS_KEPT)
+        self._alert_count = 0
+        self.skipped_steps: deque[int] = deque(maxlen=MAX_ALERTS_KEPT)
+        self._previous_scale: float | None = None
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
+        self._worst: dict[tuple[str, str], float] = {}
+        self._optimizer_hook = None
+        if optimizer is not None:
+            self._optimizer_hook = optimizer.register_step_pre_hook(self._guarded(self._capture_gradients))
+        self._attach_hooks()  # step 0 is sampled when the monitor exists before its forward pass
+
+    # ------------------------------------------------------------------ public API
+    def step(self, loss: Any = None) -> None:
+        """Record one training step (call after the optimizer step). Never raises."""
+        if not self.enabled:
+            return
+        self._guarded(self._step)(loss)
+
+    def summary(self) -> MonitorSummary:
+        """The run's story so far; also logged at INFO."""
+        self._guarded(self._flush)()
+        worst = sorted(self._worst.items(), key=lambda item: -item[1])
+        by_metric: dict[str, tuple[str, float]] = {}
+        for (layer, metric), value in worst:
+            by_metric.setdefault(metric, (layer, value))
+        result = MonitorSummary(
+            steps=self.steps,
+            alerts=list(self.alerts),
+            skipped_steps=list(self.skipped_steps),
+            worst_layers=[(layer, metric, value) for metric, (layer, value) in by_metric.items()],
+            disabled_reason=self.disabled_reason,
+        )
+        logger.info("%s", result)
+        return result
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        """One JSON object per recorded step (the last HISTORY_STEPS steps), then one per alert."""
+        self._guarded(self._flush)()
+        path = Path(path)
+        with path.open("w") as handle:
+            for record in self.history:
+                handle.write(json.dumps(_json_safe(record)) + "\n")
+            for alert in self.alerts:
+                handle.write(json.dumps(_json_safe({"alert": vars(alert)})) + "\n")
+        return path
+
+    def plot(self, path: str | Path) -> Path:
+        """A PNG of loss, gradient norm, loss scale and per-layer underflow over the recorded steps."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("TrainingMonitor.plot() needs matplotlib: pip install matplotlib") from exc
+        self._guarded(self._flush)()
+        records = list(self.history)
+        steps = [r["step"] for r in records]
+        figure, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+        for axis, key, title in zip(axes[:3], ("loss", "grad_norm", "scale"), ("loss", "gradient norm", "loss scale")):
+            axis.plot(steps, [r.get(key, math.nan) for r in records])
+            axis.set_title(title)
+            axis.grid(alpha=0.3)
+        for alert in self.alerts:
+            for axis in axes:
+                axis.axvline(alert.step, color="red", alpha=0.3)
+        sampled = [r for r in records if "underflow" in r]
+        for layer in self.layers_with_activations():
+            axes[3].plot([r["step"] for r in sampled], [r["underflow"].get(layer, math.nan) for r in sampled], label=layer)
+        axes[3].set_title("activation underflow ratio per layer (sampled steps)")
+        axes[3].set_xlabel("step")
+        axes[3].grid(alpha=0.3)
+        if sampled and len(self._act_modules) <= 12:
+            axes[3].legend(fontsize="small")
+        figure.tight_layout()
+        path = Path(path)
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
+
+    def layers_with_activations(self) -> list[str]:
+        return [name for name, _ in self._act_modules]
+
+    def close(self) -> None:
+        """Remove every hook the monitor attached."""
+        self._detach_hooks()
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+            self._optimizer_hook = None
+
+    # ------------------------------------------------------------------ safety
+    def _guarded(self, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if not self.enabled:
+                return None
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the monitor must never break training
+                self._disable(f"{type(exc).__name__}: {exc}")
+                logger.exception("flake8-amp monitor failed and turned itself off; training continues")
+                return None
+
+        return guarded
+
+    def _disable(self, reason: str) -> None:
+        self.enabled = False
+        self.disabled_reason = reason
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+            self._optimizer_hook = None
+
+    # ------------------------------------------------------------------ per step (device side)
+    def _capture_gradients(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._pending_grads = self._gradient_norms()
+
+    def _gradient_norms(self) -> torch.Tensor | None:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if len(grads) != len(self._params) or not grads:
+            if not grads:
+                return None
+            index = torch.tensor([i for i, p in enumerate(self._params) if p.grad is not None], device=self.device)
+            layer_index = self._layer_index[index]
+        else:
+            layer_index = self._layer_index
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        squares = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
+        squares.index_add_(0, layer_index, norms * norms)
+        return squares.sqrt()
+
+    def _step(self, loss: Any) -> None:
+        layer_norms = self._pending_grads if self._pending_grads is not None else self._gradient_norms()
+        self._pending_grads = None
+        row = torch.full((self._columns,), math.nan, dtype=torch.float32, device=self.device)
+        loss_value = self._loss_tensor(loss)
+        if loss_value is not None:
+            row[0] = loss_value
+        if layer_norms is not None:
+            row[1] = layer_norms.square().sum().sqrt()
+            row[3:] = layer_norms
+        scale = getattr(self.scaler, "_scale", None) if self.scaler is not None else None
+        if isinstance(scale, torch.Tensor):
+            row[2] = scale.detach().to(device=self.device, dtype=torch.float32).reshape(())
+        slot = len(self._buffer_steps)
+        self._buffer[slot].copy_(row)
+        self._buffer_steps.append(self.steps)
+        groups = getattr(self.optimizer, "param_groups", None)
+        self._lr.append(float(groups[0].get("lr", math.nan)) if groups else math.nan)
+        if self._hooks:
+            self._finish_sample()
+        self.steps += 1
+        if len(self._buffer_steps) == self.report_every:
+            self._flush()
+        if self.steps % self.sample_every == 0:
+            self._attach_hooks()
+
+    def _loss_tensor(self, loss: Any) -> torch.Tensor | float | None:
+        if loss is None or not self._loss_ok:
+            return None
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                return loss.detach().float().mean()
+            return loss.detach().reshape(()).to(dtype=torch.float32)
+        if isinstance(loss, (int, float)):
+            return float(loss)
+        self._loss_ok = False
+        logger.error(
+            "flake8-amp monitor: the step returned %s, not a loss (a tensor, a float, a dict with 'loss' or a "
+            "tuple whose first item is the loss); the loss is not monitored, everything else is",
+            type(loss).__name__,
+        )
+        return None
+
+    # ------------------------------------------------------------------ activations
+    def _attach_hooks(self) -> None:
+        if self._hooks or not self._act_modules:
+            return
+        self._current_act = [None] * len(self._act_modules)
+        for index, (_, module) in enumerate(self._act_modules):
+            self._hooks.append(module.register_forward_hook(self._make_hook(index)))
+
+    def _detach_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _make_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self.enabled:
+                return None
+            try:
+                tensor = output[0] if isinstance(output, (tuple, list)) and output else output
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
+                    self._current_act[index] = self._activation_stats(tensor.detach())
+            except Exception as exc:  # noqa: BLE001
+                self._disable(f"{type(exc).__name__} in an activation hook: {exc}")
+                logger.exception("flake8-amp monitor failed in a forward hook and turned itself off")
+            return None
+
+        return hook
+
+    def _activation_stats(self, x: torch.Tensor) -> torch.Tensor:
+        """[max |x|, headroom (max |x| / format max), underflow ratio, distortion, all finite]."""
+        dtype = str(x.dtype).removeprefix("torch.")
+        judged_as = _PRECISION_DTYPES.get(self.precision or "", dtype) if dtype == "float32" else dtype
+        fmt_max, fmt_normal = _FORMAT_LIMITS.get(judged_as, _FORMAT_LIMITS["float32"])
+        magnitude = x.abs().float()
+        finite = torch.isfinite(magnitude).all()
+        magnitude = torch.where(torch.isfinite(magnitude), magnitude, 0.0)
+        amax = magnitude.max()
+        nonzero = (magnitude > 0).sum().clamp_min(1)
+        underflow = ((magnitude > 0) & (magnitude < fmt_normal)).sum() / nonzero
+        if dtype == "float32" and judged_as != "float32":
+            target = torch.float16 if judged_as == "float16" else torch.bfloat16
+            stored = magnitude.to(target).float()
+            distortion = ((stored - magnitude).abs() / magnitude.clamp_min(1e-30)).mean()
+        else:
+            distortion = torch.tensor(math.nan, device=x.device)
+        return torch.stack([amax, amax / fmt_max, underflow.float(), distortion.float(), finite.float()])
+
+    def _finish_sample(self) -> None:
+        self._detach_hooks()
+        if all(stats is None for stats in self._current_act):
+            return  # attached after this step's forward pass (the decorator's first step)
+        device = self.device
+        rows = [s if s is not None else torch.full((5,), math.nan, device=device) for s in self._current_act]
+        self._act_stats[self.steps] = torch.stack([r.to(device) for r in rows])
+        self._current_act = []
+
+    # ------------------------------------------------------------------ report steps (host side)
+    def _flush(self) -> None:
+        if not self._buffer_steps:
+            return
+        count = len(self._buffer_steps)
+        steps, lrs = list(self._buffer_steps), list(self._lr)
+        sampled = sorted(self._act_stats)
+        payload = self._buffer[:count].reshape(-1)
+        if sampled:
+            payload = torch.cat([payload, torch.stack([self._act_stats[s] for s in sampled]).reshape(-1).to(payload.device)])
+        gathered = _gather(payload)  # one transfer (per rank under torch.distributed)
+        self._buffer_steps.clear()
+        self._lr.clear()
+        self._act_stats.clear()
+        self._buffer.fill_(math.nan)
+        rank_zero = not _distributed() or torch.distributed.get_rank() == 0
+        for rank, values in enumerate(gathered):
+            grid = values[: count * self._columns]
+            acts = values[count * self._columns :]
+            act_rows = {}
+            width = len(self._act_modules) * 5
+            for i, s in enumerate(sampled):
+                chunk = acts[i * width : (i + 1) * width]
+                act_rows[s] = [chunk[j * 5 : (j + 1) * 5] for j in range(len(self._act_modules))]
+            for i, step in enumerate(steps):
+                row = grid[i * self._columns : (i + 1) * self._columns]
+                self._judge_step(step, row, lrs[i], act_rows.get(step), rank if len(gathered) > 1 else None)
+        if rank_zero:
+            self._log_status(steps[-1])
+
+    def _judge_step(self, step: int, row: list[float], lr: float, acts: list[list[float]] | None, rank: int | None) -> None:
+        loss, grad_norm, scale = row[0], row[1], row[2]
+        layer_norms = row[3:]
+        record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": grad_norm, "scale": scale, "lr": lr}
+        if rank is not None:
+            record["rank"] = rank
+        alerts: list[Alert] = []
+        # Skipped steps: the scale went down after this step's update().
+        if not math.isnan(scale):
+            if self._previous_scale is not None and scale < self._previous_scale and rank in (None, 0):
+                self.skipped_steps.append(step)
+                record["skipped"] = True
+            self._previous_scale = scale if rank in (None, 0) else self._previous_scale
+        # NaN / Inf: at once, warm-up or not, naming the first layer where they appeared.
+        first_bad_activation = None
+        if acts is not None:
+            record["underflow"] = {}
+            for (name, _), stats in zip(self._act_modules, acts):
+                amax, headroom, underflow, distortion, finite = stats
+                if not math.isnan(underflow):
+                    record["underflow"][name] = underflow
+                if finite == 0 and first_bad_activation is None:
+                    first_bad_activation = name
+        bad_layers = [self.layers[i] for i, v in enumerate(layer_norms) if not math.isfinite(v)]
+        if first_bad_activation or bad_layers or (not math.isnan(loss) and not math.isfinite(loss)):
+            layer = first_bad_activation or (bad_layers[0] if bad_layers else None)
+            metric = "activation" if first_bad_activation else ("gradient" if bad_layers else "loss")
+            value = loss if metric == "loss" else math.nan
+            if self._may_alert(("nonfinite", None), step):
+                alerts.append(Alert(step, f"non-finite {metric} (NaN/Inf)", value, "finite", layer, rank))
+        # An activation past the format's max overflows there (inf in float16): at once, like NaN.
+        if acts is not None:
+            for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
+                if finite and headroom >= 1 and self._may_alert(("overflow", name), step):
+                    alerts.append(Alert(step, "activation overflow (max |x| / format max)", headroom, "< 1", name, rank))
+        # Statistical alerts after warm-up.
+        judged = [("loss", None, loss), ("grad_norm", None, grad_norm)]
+        judged += [("grad_norm", layer, v) for layer, v in zip(self.layers, layer_norms)]
+        if acts is not None:
+            for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
+                judged += [("activation_headroom", name, headroom), ("underflow_ratio", name, underflow)]
+                self._track_worst(name, "activation_headroom", headroom)
+                self._track_worst(name, "underflow_ratio", underflow)
+        for metric, layer, value in judged:
+            if math.isnan(value) or not math.isfinite(value):
+                continue
+            baseline = self._baselines.get((metric, layer))
+            if baseline is None:
+                baseline = self._baselines[(metric, layer)] = _Baseline(metric, self.warmup_steps, self.alert_window)
+            if step < self.warmup_steps:
+                baseline.judge(value, math.inf)
+                continue
+            deviation = baseline.judge(value, self.sigma)
+            if deviation is not None and self._may_alert((metric, layer), step):
+                alerts.append(Alert(step, metric, value, baseline.describe(), layer, rank, deviation))
+        self.history.append(record)
+        if self.writer is not None and rank in (None, 0):
+            for key in ("loss", "grad_norm", "scale", "lr"):
+                if not math.isnan(record[key]):
+                    self.writer.add_scalar(f"amp/{key}", record[key], step)
+        for alert in alerts:
+            self.alerts.append(alert)
+            self._alert_count += 1
+            if not _distributed() or torch.distributed.get_rank() == 0:
+                logger.warning("%s", alert.message())
+
+    def _may_alert(self, key: tuple[str, str | None], step: int) -> bool:
+        """One alert per metric and layer per alert window: no storms."""
+        last = self._last_alert.get(key)
+        if last is not None and step - last < self.alert_window:
+            return False
+        self._last_alert[key] = step
+        return True
+
+    def _track_worst(self, layer: str, metric: str, value: float) -> None:
+        if not math.isnan(value) and value > self._worst.get((layer, metric), -math.inf):
+            self._worst[(layer, metric)] = value
+
+    def _log_status(self, step: int) -> None:
+        baseline = self._baselines.get(("grad_norm", None))
+        last = self.history[-1] if self.history else {}
+        recent_alerts = any(a.step > step - self.report_every for a in self.alerts)
+        status = "ALERT" if recent_alerts else ("warm-up" if step < self.warmup_steps else "OK")
+        grad = last.get("grad_norm", math.nan)
+        described = baseline.describe() if baseline and len(baseline.values) >= 8 else "learning"
+        logger.info("[Monitor] Step %d | grad_norm: %s (baseline: %s) | Status: %s", step, _fmt(grad), described, status)
+
+
+# ---------------------------------------------------------------------- the decorator
+def watch_training(
+    function: Callable | None = None,
+    *,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+    **options: Any,
+) -> Callable:
+    """Decorate a train step: ``@watch_training`` or ``@watch_training(warmup_steps=100, alert_window=50)``.
+
+    The model is the ``nn.Module`` among the step's arguments unless ``model=`` is given; the monitor is
+    ``train_step.monitor``. The step's return value passes through untouched.
+    """
+
+    def decorate(step_function: Callable) -> Callable:
+        @functools.wraps(step_function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = step_function(*args, **kwargs)
+            monitor = wrapper.monitor
+            if monitor is None and wrapper.enabled:
+                try:
+                    found = model or _find_module(args, kwargs)
+                    if found is None:
+                        wrapper.enabled = False
+                        logger.error("flake8-amp monitor: no nn.Module among the step's arguments; pass model=")
+                        return result
+                    monitor = wrapper.monitor = TrainingMonitor(
+                        found,
+                        optimizer or _find(args, kwargs, torch.optim.Optimizer),
+                        scaler or _find(args, kwargs, torch.amp.GradScaler),
+                        **options,
+                    )
+                    # The first step ran before the monitor existed: record what it left behind.
+                except Exception:  # noqa: BLE001
+                    wrapper.enabled = False
+                    logger.exception("flake8-amp monitor could not start; training continues unmonitored")
+                    return result
+            if monitor is not None:
+                monitor.step(_extract_loss(result))
+            return result
+
+        wrapper.monitor = None  # type: ignore[attr-defined]
+        wrapper.enabled = True  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate(function) if function is not None else decorate
+
+
+def _extract_loss(result: Any) -> Any:
+    if isinstance(result, dict):
+        return result.get("loss", result)
+    if isinstance(result, (tuple, list)) and result:
+        return result[0]
+    return result
+
+
+def _find_module(args: tuple, kwargs: dict) -> nn.Module | None:
+    return _find(args, kwargs, nn.Module)
+
+
+def _find(args: tuple, kwargs: dict, kind: type) -> Any:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, kind):
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------- helpers
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _gather(payload: torch.Tensor) -> list[list[float]]:
+    """Every rank's payload on every rank (the ranks' payloads have the same shape), as host lists."""
+    if not _distributed():
+        return [payload.tolist()]
+    parts = [torch.empty_like(payload) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, payload)
+    return [part.tolist() for part in parts]
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3g}"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
