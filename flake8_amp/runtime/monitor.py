@@ -213,8 +213,9 @@ class TrainingMonitor:
         self._hooks: list[Any] = []
         self._current_act: list[torch.Tensor | None] = []
 
-        self._baselines: dict[tuple[str, str | None], _Baseline] = {}
-        self._last_alert: dict[tuple[str, str | None], int] = {}
+        # keyed by (metric, layer, rank): ranks keep their own baselines under torch.distributed
+        self._baselines: dict[tuple[str, str | None, int | None], _Baseline] = {}
+        self._last_alert: dict[tuple[str, str | None, int | None], int] = {}
         self.alerts: deque[Alert] = deque(maxlen=MAX_ALERTS_KEPT)
         self._alert_count = 0
         self.skipped_steps: deque[int] = deque(maxlen=MAX_ALERTS_KEPT)
@@ -505,12 +506,12 @@ class TrainingMonitor:
             layer = first_bad_activation or (bad_layers[0] if bad_layers else None)
             metric = "activation" if first_bad_activation else ("gradient" if bad_layers else "loss")
             value = loss if metric == "loss" else math.nan
-            if self._may_alert(("nonfinite", None), step):
+            if self._may_alert(("nonfinite", None, rank), step):
                 alerts.append(Alert(step, f"non-finite {metric} (NaN/Inf)", value, "finite", layer, rank))
         # An activation past the format's max overflows there (inf in float16): at once, like NaN.
         if acts is not None:
             for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
-                if finite and headroom >= 1 and self._may_alert(("overflow", name), step):
+                if finite and headroom >= 1 and self._may_alert(("overflow", name, rank), step):
                     alerts.append(Alert(step, "activation overflow (max |x| / format max)", headroom, "< 1", name, rank))
         # Statistical alerts after warm-up.
         judged = [("loss", None, loss), ("grad_norm", None, grad_norm)]
@@ -523,14 +524,14 @@ class TrainingMonitor:
         for metric, layer, value in judged:
             if math.isnan(value) or not math.isfinite(value):
                 continue
-            baseline = self._baselines.get((metric, layer))
+            baseline = self._baselines.get((metric, layer, rank))
             if baseline is None:
-                baseline = self._baselines[(metric, layer)] = _Baseline(metric, self.warmup_steps, self.alert_window)
+                baseline = self._baselines[(metric, layer, rank)] = _Baseline(metric, self.warmup_steps, self.alert_window)
             if step < self.warmup_steps:
                 baseline.judge(value, math.inf)
                 continue
             deviation = baseline.judge(value, self.sigma)
-            if deviation is not None and self._may_alert((metric, layer), step):
+            if deviation is not None and self._may_alert((metric, layer, rank), step):
                 alerts.append(Alert(step, metric, value, baseline.describe(), layer, rank, deviation))
         self.history.append(record)
         if self.writer is not None and rank in (None, 0):
@@ -543,7 +544,7 @@ class TrainingMonitor:
             if not _distributed() or torch.distributed.get_rank() == 0:
                 logger.warning("%s", alert.message())
 
-    def _may_alert(self, key: tuple[str, str | None], step: int) -> bool:
+    def _may_alert(self, key: tuple[str, str | None, int | None], step: int) -> bool:
         """One alert per metric and layer per alert window: no storms."""
         last = self._last_alert.get(key)
         if last is not None and step - last < self.alert_window:
@@ -556,7 +557,7 @@ class TrainingMonitor:
             self._worst[(layer, metric)] = value
 
     def _log_status(self, step: int) -> None:
-        baseline = self._baselines.get(("grad_norm", None))
+        baseline = self._baselines.get(("grad_norm", None, None)) or self._baselines.get(("grad_norm", None, 0))
         last = self.history[-1] if self.history else {}
         recent_alerts = any(a.step > step - self.report_every for a in self.alerts)
         status = "ALERT" if recent_alerts else ("warm-up" if step < self.warmup_steps else "OK")

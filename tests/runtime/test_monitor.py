@@ -177,7 +177,7 @@ def test_step_return_values_and_a_clear_error_once(caplog):
     def step(model, kind):
         out = model(torch.randn(4, 16)).pow(2).mean()
         out.backward()
-        return {"tensor": out, "float": float(out), "tuple": (out, "extra"), "bad": "not a loss"}[kind]
+        return {"tensor": out, "float": float(out.detach()), "tuple": (out, "extra"), "bad": "not a loss"}[kind]
 
     for kind in ("tensor", "float", "tuple"):
         result = step(model, kind)
