@@ -45,26 +45,17 @@ def test_the_hook_fails_on_a_hazard_and_passes_on_clean_code(hook_repository, tm
     git(project, "init", "-q")
     git(project, "add", "-A")
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "PIP_NO_INPUT": "1"}
-    run = subprocess.run(
-        ["pre-commit", "try-repo", str(hook_repository), "flake8-amp", "--all-files"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+
+    def try_repo() -> subprocess.CompletedProcess:
+        command = ["pre-commit", "try-repo", str(hook_repository), "flake8-amp", "--all-files"]
+        return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env, timeout=600)
+
+    run = try_repo()
     assert run.returncode == 1, run.stdout + run.stderr
     assert "train.py:4:7: AMP013" in run.stdout
 
     (project / "train.py").write_text("import torch\n\nscaler = torch.amp.GradScaler('cuda')\n")
     git(project, "add", "-A")
-    clean = subprocess.run(
-        ["pre-commit", "try-repo", str(hook_repository), "flake8-amp", "--all-files"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    clean = try_repo()
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "Passed" in clean.stdout

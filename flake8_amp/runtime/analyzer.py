@@ -70,7 +70,7 @@ class TensorReport:
     suggestions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -328,13 +328,14 @@ def _assess(report: TensorReport, fmts: list[FloatFormat]) -> tuple[str, list[st
     return ("LOW", "MEDIUM", "HIGH")[risk], notes
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Floats JSON can hold: NaN becomes null, infinities "inf" / "-inf" (also inside dicts and lists)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .analyzer import json_safe
+
 logger = logging.getLogger("flake8_amp.runtime")
 
 # Host-side series kept for summary(), to_jsonl() and plot(): a fixed number of steps.
@@ -257,9 +259,9 @@ class TrainingMonitor:
         path = Path(path)
         with path.open("w") as handle:
             for record in self.history:
-                handle.write(json.dumps(_json_safe(record)) + "\n")
+                handle.write(json.dumps(json_safe(record)) + "\n")
             for alert in self.alerts:
-                handle.write(json.dumps(_json_safe({"alert": vars(alert)})) + "\n")
+                handle.write(json.dumps(json_safe({"alert": vars(alert)})) + "\n")
         return path
 
     def plot(self, path: str | Path) -> Path:
@@ -652,13 +654,3 @@ def _fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.3g}"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .analyzer import json_safe
 from .formats import FloatFormat, get_format, round_to_format
 
 DEFAULT_VALUES = tuple(10.0**k for k in range(-10, 11))
@@ -27,14 +28,8 @@ class PrecisionTable:
     rows: list[dict[str, Cell]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "values": self.values,
-            "formats": self.formats,
-            "rows": [
-                {name: {"stored": _finite_or_text(c.stored), "relative_error": _finite_or_text(c.relative_error), "status": c.status} for name, c in row.items()}
-                for row in self.rows
-            ],
-        }
+        rows = [{name: vars(cell) for name, cell in row.items()} for row in self.rows]
+        return json_safe({"values": self.values, "formats": self.formats, "rows": rows})
 
     def __str__(self) -> str:
         headers = ["value"] + self.formats
@@ -108,7 +103,3 @@ def _cell_text(cell: Cell) -> str:
         return f"{cell.stored:.4g} ({cell.status})"
     suffix = ", subnormal" if cell.status == "subnormal" else ""
     return f"{cell.stored:.4g} ({cell.relative_error:.1e}{suffix})"
-
-
-def _finite_or_text(value: float) -> float | str:
-    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
