@@ -120,4 +120,3 @@ def mutually_exclusive(a: list[Branch], b: list[Branch]) -> bool:
     """Two branch paths that can never both run in one pass: opposite arms of the same ``if``."""
     arms = dict(a)
     return any(node in arms and arms[node] != field for node, field in b)
-
