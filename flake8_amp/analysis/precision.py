@@ -8,6 +8,7 @@ import re
 from .module_analysis import ModuleAnalysis
 from .torch_api import DTYPE_NAMES
 
+_DTYPE_ATTRIBUTES = frozenset(name.rpartition(".")[2] for name in DTYPE_NAMES)
 FP16 = "fp16"
 BF16 = "bf16"
 
@@ -26,6 +27,8 @@ def module_precision(analysis: ModuleAnalysis) -> str | None:
     for region in analysis.regions:
         seen.add(region.effective_dtype or "float16")
     for node in analysis.nodes(ast.Attribute):
+        if node.attr not in _DTYPE_ATTRIBUTES:
+            continue
         dtype = DTYPE_NAMES.get(analysis.resolve(node) or "")
         if dtype is not None:
             seen.add(dtype)

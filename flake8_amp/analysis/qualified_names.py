@@ -54,6 +54,11 @@ class ImportTable:
         parts.append(base)
         return canonical_name(".".join(reversed(parts)))
 
+    def local_names_for(self, qualified_names: set[str] | frozenset[str]) -> set[str]:
+        """The local names an import binds directly to one of ``qualified_names`` (``B`` for
+        ``from torch.nn import BCELoss as B``): a cheap pre-filter before resolving Name nodes."""
+        return {local for local, qualified in self._bindings.items() if canonical_name(qualified) in qualified_names}
+
     def imports_from(self, package: str) -> bool:
         """Whether any import binds a name from ``package`` (or the package itself)."""
         prefix = package + "."

@@ -12,6 +12,7 @@ _UNSAFE = {
     "torch.nn.functional.binary_cross_entropy": "binary_cross_entropy",
     "torch.nn.BCELoss": "BCELoss",
 }
+_UNSAFE_NAMES = frozenset(_UNSAFE.values())
 # Frameworks that turn autocast on from configuration (Trainer(precision="16-mixed"),
 # Accelerator(mixed_precision="fp16")): their modules run under autocast without saying so.
 _AUTOCASTING_FRAMEWORKS = ("lightning", "pytorch_lightning", "lightning_fabric", "accelerate")
@@ -36,7 +37,10 @@ class BinaryCrossEntropy(Rule):
             or any(analysis.imports.imports_from(framework) for framework in _AUTOCASTING_FRAMEWORKS)
         ):
             return  # float32-only code: binary_cross_entropy is fine there
-        for node in analysis.nodes(ast.Name) + analysis.nodes(ast.Attribute):
+        aliases = analysis.imports.local_names_for(set(_UNSAFE))
+        candidates = [n for n in analysis.nodes(ast.Name) if n.id in aliases]
+        candidates += [n for n in analysis.nodes(ast.Attribute) if n.attr in _UNSAFE_NAMES]
+        for node in candidates:
             if isinstance(node.ctx, ast.Store):
                 continue
             qualified = analysis.resolve(node)

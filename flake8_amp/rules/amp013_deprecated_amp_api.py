@@ -23,6 +23,7 @@ _SUBMODULES = {"torch.cuda.amp.autocast_mode.": "torch.cuda.amp.", "torch.cuda.a
                "torch.cpu.amp.autocast_mode.": "torch.cpu.amp.", "torch.cpu.amp.grad_scaler.": "torch.cpu.amp."}
 
 
+_DEPRECATED_NAMES = frozenset(name.rpartition(".")[2] for name in DEPRECATED_AMP_API)
 _VERSION_CHECK = re.compile(r"version|TORCH_|torch_|_2_\d|hasattr|getattr|>=|<", re.I)
 
 
@@ -54,6 +55,8 @@ class DeprecatedAmpApi(Rule):
                 if qualified and not _is_version_fallback(node, analysis):
                     yield self._report(alias if hasattr(alias, "lineno") else node, qualified, imported=True)
         for node in analysis.nodes(ast.Attribute):
+            if node.attr not in _DEPRECATED_NAMES:
+                continue
             qualified = deprecated_name(analysis.resolve(node))
             if (
                 qualified
