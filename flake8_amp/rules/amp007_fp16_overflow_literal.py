@@ -1,22 +1,36 @@
-"""AMP007: a literal beyond float16's range filled or mixed into a tensor."""
+"""AMP007: a finite constant beyond float16's range filled or mixed into a tensor that may be float16.
+
+``scores.masked_fill(mask, -1e9)`` on a float16 tensor raises "value cannot be converted to type
+c10::Half without overflow" (so do ``fill_``, ``new_full``, ``full_like`` and ``torch.full(...,
+dtype=torch.float16)``); ``torch.where(mask, -1e9, scores)`` and ``h * 1e5`` silently give inf.
+"""
 
 from __future__ import annotations
 
 import ast
 from typing import Iterator
 
-from ..analysis.literals import numeric_literal, overflows_fp16
-from ..analysis.low_precision import LowPrecisionFlow
+from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values, literal_dtype
+from ..analysis.literals import overflows_fp16
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.precision import BF16, FP16, module_precision
+from ..analysis.numeric_constants import constant_value, is_int_constant, reaching_bindings
+from ..analysis.precision import BF16, FP16 as FP16_PRECISION, module_precision
 from .base import Finding, Rule, Severity
 from .source_text import excerpt
 
-# method name -> position of the fill value
-_FILL_METHODS = {"masked_fill": 1, "masked_fill_": 1, "fill_": 0, "new_full": 1}
-# torch function -> positions that may hold a fill value
-_FILL_FUNCTIONS = {"torch.full": (1,), "torch.full_like": (1,), "torch.where": (1, 2)}
-_FILL_KEYWORDS = ("value", "fill_value", "other", "input")
+# Tensor methods whose result keeps the receiver's dtype -> position of the fill value.
+_FILL_METHODS = {"masked_fill": 1, "masked_fill_": 1, "fill_": 0, "new_full": 1, "where": 1}
+_FILL_METHOD_KEYWORDS = {
+    "masked_fill": "value",
+    "masked_fill_": "value",
+    "fill_": "value",
+    "new_full": "fill_value",
+    "where": "other",
+}
+_FILL_NAMES = frozenset(_FILL_METHODS) | {"full", "full_like"}
+# Ops whose result is a floating tensor: evidence that an integer fill is meant for floats.
+_FLOAT_PRODUCERS = frozenset({"matmul", "bmm", "baddbmm", "mm", "einsum", "linear", "softmax", "log_softmax"})
+_MAX_DEPTH = 16
 
 
 class Fp16OverflowLiteral(Rule):
@@ -31,50 +45,137 @@ class Fp16OverflowLiteral(Rule):
         precision = analysis.derived(module_precision)
         if precision == BF16:
             return
-        # Model code (an nn.Module) runs under whatever precision its trainer picks.
-        may_run_fp16 = precision == FP16 or _defines_a_module(analysis)
-        flow = None
-        for call in analysis.calls if may_run_fp16 else ():
-            for value in _fill_values(call, analysis):
-                literal = numeric_literal(value)
-                if overflows_fp16(literal):
-                    yield self.finding(
-                        value,
-                        f"{literal:g} as the fill value of {call_name(call)}() overflows float16 (max 65504)",
-                    )
-        for node in analysis.nodes(ast.BinOp):
-            if not isinstance(node.op, (ast.Mult, ast.Add, ast.Sub)):
+        # What an unknown dtype means: in fp16 code it may be float16; without any low-precision
+        # evidence, only model code (an nn.Module that this module does not itself train in float32)
+        # is code that some trainer may run under float16 autocast.
+        unknown_may_be_fp16 = precision == FP16_PRECISION or (
+            precision is None and _defines_a_model(analysis) and not analysis.trains
+        )
+        values = None
+        for call in analysis.calls:
+            if call_name(call) not in _FILL_NAMES:
                 continue
-            for literal_side, tensor_side in ((node.left, node.right), (node.right, node.left)):
-                literal = numeric_literal(literal_side)
-                if not overflows_fp16(literal):
+            site = _fill_site(call, analysis)
+            if site is None:
+                continue
+            fill, tensor, dtype_node = site
+            number = constant_value(fill, analysis)
+            if not overflows_fp16(number) or analysis.context(call).in_test:
+                continue
+            values = values or analysis.derived(Fp16Values)
+            verdict = _fill_verdict(tensor, dtype_node, analysis, values)
+            if verdict == NOT_FP16:
+                continue
+            if verdict != FP16:
+                if not unknown_may_be_fp16:
                     continue
-                flow = flow or analysis.derived(LowPrecisionFlow)
-                origin = flow.origin(tensor_side)
-                if origin is not None and origin.dtype != "bfloat16":
-                    yield self.finding(
-                        literal_side,
-                        f"{literal:g} mixed into '{excerpt(tensor_side)}', a "
-                        f"{origin.dtype_label} value, overflows float16 (max 65504)",
-                        fix="scale in float32 (.float() first) or keep the constant within 65504",
-                    )
+                if is_int_constant(fill) and not _floating_result(tensor, analysis):
+                    continue  # an integer fill may well be for an index tensor
+            yield self.finding(fill, _fill_message(call, number))
+        for node, constant, operand in _arithmetic(analysis):
+            number = constant_value(constant, analysis)
+            if not overflows_fp16(number):
+                continue
+            values = values or analysis.derived(Fp16Values)
+            if values.verdict(operand) == FP16 and not analysis.context(node).in_test:
+                yield self.finding(
+                    constant,
+                    f"{number:g} mixed into '{excerpt(operand)}', a float16 value, overflows float16 (max 65504)",
+                    fix="scale in float32 (.float() first) or keep the constant within 65504",
+                )
 
 
-def _fill_values(call: ast.Call, analysis: ModuleAnalysis) -> list[ast.expr]:
+def _fill_site(call: ast.Call, analysis: ModuleAnalysis) -> tuple[ast.expr, ast.expr | None, ast.expr | None] | None:
+    """(fill value, the tensor whose dtype the result takes or None, the dtype= argument or None)."""
     func = call.func
+    keywords = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+    dtype_node = keywords.get("dtype")
     qualified = analysis.resolve(func)
-    if qualified in _FILL_FUNCTIONS:
-        positions = _FILL_FUNCTIONS[qualified]
-    elif qualified is None and isinstance(func, ast.Attribute) and func.attr in _FILL_METHODS:
-        positions = (_FILL_METHODS[func.attr],)
-    else:
-        return []
-    values = [call.args[i] for i in positions if i < len(call.args)]
-    values += [kw.value for kw in call.keywords if kw.arg in _FILL_KEYWORDS]
-    return values
+    if qualified is None and isinstance(func, ast.Attribute) and func.attr in _FILL_METHODS:
+        position = _FILL_METHODS[func.attr]
+        fill = call.args[position] if position < len(call.args) else keywords.get(_FILL_METHOD_KEYWORDS[func.attr])
+        return (fill, func.value, dtype_node) if fill is not None else None
+    if qualified == "torch.full":
+        fill = call.args[1] if len(call.args) > 1 else keywords.get("fill_value")
+        # Without dtype= the result is float32 (or int64): nothing overflows.
+        return (fill, None, dtype_node) if fill is not None and dtype_node is not None else None
+    if qualified == "torch.full_like":
+        tensor = call.args[0] if call.args else keywords.get("input")
+        fill = call.args[1] if len(call.args) > 1 else keywords.get("fill_value")
+        return (fill, tensor, dtype_node) if fill is not None else None
+    if qualified == "torch.where":
+        operands = list(call.args[1:3]) + [keywords[k] for k in ("input", "other") if k in keywords]
+        constants = [o for o in operands if constant_value(o, analysis) is not None]
+        tensors = [o for o in operands if constant_value(o, analysis) is None]
+        if len(operands) != 2 or len(constants) != 1:
+            return None  # two scalars make a float32 tensor; two tensors hold no literal
+        return constants[0], tensors[0], None
+    return None
 
 
-def _defines_a_module(analysis: ModuleAnalysis) -> bool:
-    return any(
-        (analysis.resolve(base) or "").startswith("torch.nn.") for cls in analysis.nodes(ast.ClassDef) for base in cls.bases
-    )
+def _fill_verdict(
+    tensor: ast.expr | None, dtype_node: ast.expr | None, analysis: ModuleAnalysis, values: Fp16Values
+) -> str:
+    """Whether the filled result is float16: from a literal ``dtype=``, else from the tensor."""
+    if dtype_node is not None:
+        dtype = literal_dtype(dtype_node, analysis)
+        if dtype == "float16":
+            return FP16
+        if dtype is not None:
+            return NOT_FP16
+        if isinstance(dtype_node, ast.Attribute) and dtype_node.attr == "dtype":
+            tensor = dtype_node.value  # dtype=scores.dtype: as float16 as scores is
+        else:
+            return UNKNOWN
+    return values.verdict(tensor) if tensor is not None else UNKNOWN
+
+
+def _floating_result(tensor: ast.expr | None, analysis: ModuleAnalysis, depth: int = 0) -> bool:
+    """``q @ k.T``, ``torch.bmm(...)``, ``x.softmax(-1)``, or a name bound to one, or methods and torch
+    functions of those: surely floating."""
+    if tensor is None or depth > _MAX_DEPTH:
+        return False
+    if isinstance(tensor, ast.BinOp):
+        return isinstance(tensor.op, (ast.MatMult, ast.Div)) or any(
+            _floating_result(side, analysis, depth + 1) for side in (tensor.left, tensor.right)
+        )
+    if isinstance(tensor, ast.Call):
+        if call_name(tensor) in _FLOAT_PRODUCERS:
+            return True
+        func = tensor.func
+        if analysis.resolve(func) is None and isinstance(func, ast.Attribute):
+            return _floating_result(func.value, analysis, depth + 1)  # scores.masked_fill(...) is scores
+        return (analysis.resolve(func) or "").startswith("torch.") and any(
+            _floating_result(arg, analysis, depth + 1) for arg in tensor.args
+        )
+    if isinstance(tensor, ast.Name):
+        return any(_floating_result(value, analysis, depth + 1) for value in reaching_bindings(tensor, analysis))
+    return False
+
+
+def _arithmetic(analysis: ModuleAnalysis) -> Iterator[tuple[ast.AST, ast.expr, ast.expr]]:
+    """(node, constant side, tensor side) of every ``*``, ``+``, ``-`` (also augmented)."""
+    for node in analysis.nodes(ast.BinOp):
+        if isinstance(node.op, (ast.Mult, ast.Add, ast.Sub)):
+            yield node, node.left, node.right
+            yield node, node.right, node.left
+    for node in analysis.nodes(ast.AugAssign):
+        if isinstance(node.op, (ast.Mult, ast.Add, ast.Sub)):
+            yield node, node.value, node.target
+
+
+def _fill_message(call: ast.Call, number: float) -> str:
+    name = call_name(call)
+    if name == "where":
+        return f"{number:g} in {name}() becomes {'-' if number < 0 else ''}inf in float16 (max 65504)"
+    return f"{number:g} as the fill value of {name}() overflows float16 (max 65504)"
+
+
+def _defines_a_model(analysis: ModuleAnalysis) -> bool:
+    """A class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule."""
+    for cls in analysis.nodes(ast.ClassDef):
+        for base in cls.bases:
+            qualified = analysis.resolve(base) or ""
+            if qualified.startswith("torch.nn.") or qualified.endswith("LightningModule"):
+                return True
+    return False

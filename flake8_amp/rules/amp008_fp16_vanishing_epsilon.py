@@ -1,77 +1,138 @@
-"""AMP008: an epsilon that rounds to zero in float16."""
+"""AMP008: an epsilon that rounds to zero in float16 guarding float16 math.
+
+``x16 / (n16 + 1e-8)``, ``torch.log(p16 + 1e-8)``, ``torch.sqrt(v16 + 1e-12)``: float16 stores the
+epsilon as 0, so the guard is gone. ``F.normalize`` (default ``eps=1e-12``) on a float16 zero vector
+is NaN. Norm layers with ``eps=1e-12`` in a model cast to float16 have NaN gradients on constant rows
+and lose their eps wherever the norm is computed in float16 (exports, fused kernels).
+"""
 
 from __future__ import annotations
 
 import ast
+import math
 from typing import Iterator
 
-from ..analysis.literals import numeric_literal, vanishes_in_fp16
-from ..analysis.low_precision import LowPrecisionFlow, cast_dtype
+from ..analysis.fp16_values import FP16, Fp16Values
+from ..analysis.low_precision import cast_dtype
 from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.numeric_constants import constant_value, rounds_to_zero_in_fp16
 from ..analysis.precision import BF16, module_precision
 from .base import Finding, Rule, Severity
+from .source_text import excerpt
 
-_NORMS = frozenset(
-    {
-        "torch.nn.LayerNorm",
-        "torch.nn.GroupNorm",
-        "torch.nn.RMSNorm",
-        "torch.nn.functional.normalize",
-        "torch.nn.functional.layer_norm",
-        "torch.nn.functional.group_norm",
-        "torch.nn.functional.rms_norm",
-    }
-)
+# norm -> position of eps
+_NORMS = {
+    "torch.nn.LayerNorm": 1,
+    "torch.nn.GroupNorm": 2,
+    "torch.nn.RMSNorm": 1,
+    "torch.nn.functional.layer_norm": 4,
+    "torch.layer_norm": 4,
+    "torch.nn.functional.group_norm": 4,
+    "torch.group_norm": 4,
+    "torch.nn.functional.rms_norm": 3,
+    "torch.rms_norm": 3,
+}
+_NORMALIZE = "torch.nn.functional.normalize"
+_NORMALIZE_EPS_POSITION = 3
+_NORMALIZE_DEFAULT_EPS = 1e-12
 _GUARDED_FUNCTIONS = frozenset({"sqrt", "rsqrt", "log", "log2", "log10"})
+# Below this, 1/sqrt(eps) exceeds float16's max: a norm's float16 backward overflows on constant rows.
+_NORM_BACKWARD_OVERFLOW = 1.0 / 65504.0**2
 
 
 class Fp16VanishingEpsilon(Rule):
     code = "AMP008"
     name = "fp16-vanishing-epsilon"
     severity = Severity.MEDIUM
-    summary = "An epsilon below float16's smallest subnormal (1e-8, 1e-12) guarding float16 math"
+    summary = "An epsilon that rounds to zero in float16 (1e-8, 1e-12) guarding float16 math"
     why = "float16 rounds it to zero: the division, sqrt or log it was meant to guard returns inf or NaN"
     fix = "use an epsilon float16 can hold (>= 6.1e-5, e.g. 1e-5), or compute the guarded op in float32"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         if analysis.derived(module_precision) == BF16:
             return
-        casts_to_fp16 = any(cast_dtype(call, analysis) == "float16" for call in analysis.calls)
-        for call in analysis.calls if casts_to_fp16 else ():
-            if analysis.resolve(call.func) in _NORMS:
-                eps = next((kw.value for kw in call.keywords if kw.arg == "eps"), None)
-                if vanishes_in_fp16(numeric_literal(eps)):
+        values = None
+        casts_to_fp16 = None
+        for call in analysis.calls:
+            qualified = analysis.resolve(call.func)
+            if qualified not in _NORMS and qualified != _NORMALIZE:
+                continue
+            context = analysis.context(call)
+            region = context.innermost_region
+            if context.in_test or (region is not None and region.may_be_enabled and not region.is_cpu):
+                continue  # CUDA autocast runs norms and normalize in float32
+            if casts_to_fp16 is None:
+                casts_to_fp16 = any(cast_dtype(c, analysis) == "float16" for c in analysis.calls)
+            eps = _argument(call, "eps", _NORMALIZE_EPS_POSITION if qualified == _NORMALIZE else _NORMS[qualified])
+            value = constant_value(eps, analysis)
+            if qualified == _NORMALIZE:
+                values = values or analysis.derived(Fp16Values)
+                data = _argument(call, "input", 0)
+                fp16_input = data is not None and values.verdict(data) == FP16
+                if eps is None and fp16_input:
                     yield self.finding(
-                        eps,  # type: ignore[arg-type]
-                        f"eps={ast.unparse(eps)} in {call_name(call)}() of a module cast to float16 rounds to zero",  # type: ignore[arg-type]
-                        fix="use eps=1e-5 (LayerNorm's default) or keep the norm in float32",
+                        call,
+                        f"{call_name(call)}() of float16 '{excerpt(data)}' uses the default eps=1e-12, "
+                        "which rounds to zero in float16: a zero vector gives NaN",
+                        fix="pass eps=1e-4 (or normalize in float32: F.normalize(x.float(), ...).to(x.dtype))",
                     )
-        flow = None
+                elif eps is not None and rounds_to_zero_in_fp16(value) and (fp16_input or casts_to_fp16):
+                    yield self.finding(
+                        eps,
+                        f"eps={ast.unparse(eps)} in {call_name(call)}() rounds to zero in float16: "
+                        "a zero vector gives NaN",
+                        fix="use eps=1e-4 or normalize in float32",
+                    )
+            elif eps is not None and casts_to_fp16 and rounds_to_zero_in_fp16(value):
+                yield self.finding(
+                    eps, _norm_message(call, eps, value), fix="use eps=1e-5 (the default) or keep the norm in float32"
+                )
         for node in analysis.nodes(ast.BinOp):
             if not isinstance(node.op, ast.Add):
                 continue
             for eps, other in ((node.right, node.left), (node.left, node.right)):
-                if not vanishes_in_fp16(numeric_literal(eps)) or not self._guards_a_singularity(node, analysis):
+                if not rounds_to_zero_in_fp16(constant_value(eps, analysis)):
                     continue
-                flow = flow or analysis.derived(LowPrecisionFlow)
-                origin = flow.origin(other)
-                low = origin is not None and origin.dtype != "bfloat16"
-                region = analysis.context(node).innermost_region
-                under_fp16_autocast = region is not None and region.may_be_enabled and region.may_be_fp16
-                if low or under_fp16_autocast:
+                if not _guards_a_singularity(node, analysis) or analysis.context(node).in_test:
+                    continue
+                values = values or analysis.derived(Fp16Values)
+                if values.verdict(other) == FP16:
                     yield self.finding(
                         eps,
-                        f"{ast.unparse(eps)} added to '{ast.unparse(other)[:30]}' rounds to zero in float16",
+                        f"{ast.unparse(eps)} added to '{excerpt(other)}', a float16 value, rounds to zero in float16",
                     )
 
-    @staticmethod
-    def _guards_a_singularity(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:
-        """``a / (b + eps)``, ``sqrt(v + eps)``, ``torch.log(p + eps)``, ``(v + eps).rsqrt()``."""
-        parent = analysis.parents.get(add)
-        if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div) and parent.right is add:
+
+def _argument(call: ast.Call, keyword: str, position: int) -> ast.expr | None:
+    for kw in call.keywords:
+        if kw.arg == keyword:
+            return kw.value
+    return call.args[position] if position < len(call.args) else None
+
+
+def _norm_message(call: ast.Call, eps: ast.expr, value: float | None) -> str:
+    where = f"eps={ast.unparse(eps)} in {call_name(call)}() of a module cast to float16"
+    if value is not None and value < _NORM_BACKWARD_OVERFLOW:
+        return (
+            f"{where}: 1/sqrt(eps) = {1 / math.sqrt(value):.0e} overflows float16, so the backward of a "
+            "constant row is inf/NaN, and float16 kernels or exports round eps to 0"
+        )
+    return f"{where} rounds to 0 wherever the norm is computed in float16 (ONNX/TensorRT exports, fused kernels)"
+
+
+def _guards_a_singularity(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:
+    """``a / (b + eps)``, ``sqrt(v + eps)``, ``torch.log(p + eps)``, ``(v + eps).rsqrt()``,
+    ``(v + eps) ** -0.5``."""
+    parent = analysis.parents.get(add)
+    if isinstance(parent, ast.BinOp):
+        if isinstance(parent.op, ast.Div) and parent.right is add:
             return True
-        if isinstance(parent, ast.Call) and add in parent.args and call_name(parent) in _GUARDED_FUNCTIONS:
-            return True
-        if isinstance(parent, ast.Attribute) and parent.attr in _GUARDED_FUNCTIONS:
-            return isinstance(analysis.parents.get(parent), ast.Call)
+        if isinstance(parent.op, ast.Pow) and parent.left is add:
+            exponent = constant_value(parent.right, analysis)
+            return exponent is not None and exponent < 1
         return False
+    if isinstance(parent, ast.Call) and add in parent.args and call_name(parent) in _GUARDED_FUNCTIONS:
+        return True
+    if isinstance(parent, ast.Attribute) and parent.attr in _GUARDED_FUNCTIONS:
+        return isinstance(analysis.parents.get(parent), ast.Call)
+    return False

@@ -1,14 +1,26 @@
-"""AMP009: softmax and log written by hand in numerically unstable forms."""
+"""AMP009: softmax and log written by hand in numerically unstable forms.
+
+``torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)`` overflows (exp(11.1) is inf in float16, exp(88.8)
+in float32) or underflows to 0/0; ``torch.log(torch.softmax(x))`` and ``torch.log(torch.sigmoid(x))``
+are -inf where the probability underflows. ``softmax``, ``log_softmax`` and ``logsigmoid`` are stable.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
-from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.numeric_constants import reaching_bindings
 from .base import Finding, Rule, Severity
 
-_MAX_NAMES = frozenset({"max", "amax", "logsumexp"})
+_MAX_NAMES = ("max", "amax", "logsumexp")
+# nn modules whose call is the op of the same name
+_MODULE_OPS = {"torch.nn.Softmax": "softmax", "torch.nn.Sigmoid": "sigmoid"}
+_FUNCTION_OPS = {"torch.special.expit": "sigmoid", "torch.special.softmax": "softmax", "torch.special.exp": "exp"}
+_MAX_DEPTH = 3
+_REFERENCE = re.compile(r"reference|(^|_)ref(_|$)", re.I)
 
 
 class UnstableSoftmaxOrLog(Rule):
@@ -20,78 +32,173 @@ class UnstableSoftmaxOrLog(Rule):
     fix = "use torch.softmax / torch.log_softmax / F.logsigmoid, which are stable in every precision"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        shifted_in_place = None
         for node in analysis.nodes(ast.BinOp):
-            if isinstance(node.op, ast.Div):
-                exponent = self._exp_argument(node.left, analysis)
-                if (
-                    exponent is not None
-                    and self._sums_an_exp(node.right, analysis)
-                    and not _max_subtracted(exponent, analysis)
-                ):
-                    yield self.finding(
-                        node,
-                        "hand-written softmax exp(x) / exp(x).sum() without subtracting the max",
-                        fix="use torch.softmax(x, dim) (or subtract x.amax(dim, keepdim=True) first)",
-                    )
-        for call in analysis.calls:
-            argument = self._log_argument(call, analysis)
-            if argument is None:
+            if not isinstance(node.op, ast.Div) or not isinstance(node.left, (ast.Name, ast.Call)):
                 continue
-            inner = self._callee(argument, analysis)
-            if inner in ("softmax",):
+            exponent = _exp_argument(node.left, analysis)
+            if exponent is None or not _sums_an_exp(node.right, analysis):
+                continue
+            if shifted_in_place is None:
+                shifted_in_place = _names_shifted_in_place(analysis)
+            if _max_subtracted(exponent, analysis, shifted_in_place) or _deliberate(node, analysis):
+                continue
+            yield self.finding(
+                node,
+                "hand-written softmax exp(x) / exp(x).sum() without subtracting the max",
+                fix="use torch.softmax(x, dim) (or subtract x.amax(dim, keepdim=True) first)",
+            )
+        for call in analysis.calls:
+            if call_name(call) != "log" or _op(call, analysis) != "log":
+                continue
+            inner = _op_through_name(_log_argument(call, analysis), analysis)
+            if inner not in ("softmax", "sigmoid") or _deliberate(call, analysis):
+                continue
+            if inner == "softmax":
                 yield self.finding(call, "log(softmax(x))", fix="use torch.log_softmax(x, dim)")
-            elif inner == "sigmoid":
+            else:
                 yield self.finding(call, "log(sigmoid(x))", fix="use torch.nn.functional.logsigmoid(x)")
 
-    @staticmethod
-    def _callee(node: ast.AST, analysis: ModuleAnalysis) -> str | None:
-        """``softmax`` / ``sigmoid`` / ``exp`` for torch's function or the Tensor method."""
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-            return None
-        qualified = analysis.resolve(node.func)
-        name = node.func.attr
-        if qualified is None:
-            return name  # a Tensor method: x.softmax(-1), x.exp()
-        if qualified.startswith("torch."):
-            return name
+
+def _deliberate(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """In a test function, or in a reference implementation that tests compare against
+    (``def softmax_reference(...)``, ``reference_fn=lambda i: i.sigmoid().log()``): naive on purpose."""
+    if analysis.context(node).in_test:
+        return True
+    child, parent = node, analysis.parents.get(node)
+    while parent is not None:
+        if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and _REFERENCE.search(parent.name):
+            return True
+        if isinstance(child, ast.Lambda) and isinstance(parent, ast.keyword) and _REFERENCE.search(parent.arg or ""):
+            return True
+        child, parent = parent, analysis.parents.get(parent)
+    return False
+
+
+def _op(node: ast.AST | None, analysis: ModuleAnalysis) -> str | None:
+    """``exp`` / ``log`` / ``sum`` / ``softmax`` / ``sigmoid`` for torch's function, the Tensor method
+    (``x.exp()``), torch.special's spelling, or a call of an ``nn.Softmax`` / ``nn.Sigmoid`` instance."""
+    if not isinstance(node, ast.Call):
         return None
+    func = node.func
+    qualified = analysis.resolve(func)
+    if qualified in _FUNCTION_OPS:
+        return _FUNCTION_OPS[qualified]
+    if isinstance(func, ast.Attribute):
+        if qualified is None:
+            instance_op = _instance_op(func, analysis)
+            return instance_op or func.attr  # a Tensor method: x.softmax(-1), x.exp()
+        if qualified.startswith("torch.") and qualified.count(".") == 1 or qualified.startswith(
+            "torch.nn.functional."
+        ):
+            return func.attr
+        return None
+    if isinstance(func, ast.Name):
+        if qualified is not None and qualified.startswith(("torch.", "torch.nn.functional.")):
+            return qualified.rpartition(".")[2]  # from torch import exp
+        return _instance_op(func, analysis)
+    return None
 
-    def _exp_argument(self, node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
-        if isinstance(node, ast.Name):
-            bound = analysis.bound_values(node)
-            node = bound[-1] if len(bound) == 1 else node
-        if self._callee(node, analysis) != "exp":
+
+def _instance_op(func: ast.expr, analysis: ModuleAnalysis) -> str | None:
+    """``self.softmax(x)`` where ``self.softmax = nn.Softmax(dim=-1)``."""
+    classes = analysis.constructed_classes(func)
+    ops = {_MODULE_OPS.get(cls) for cls in classes}
+    return ops.pop() if len(ops) == 1 else None
+
+
+def _op_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int = 0) -> str | None:
+    """The op of a call, or of the value a name is bound to (``p = F.softmax(x)`` ... ``torch.log(p)``)."""
+    if isinstance(node, ast.Name) and depth < _MAX_DEPTH:
+        values = reaching_bindings(node, analysis)
+        ops = {_op_through_name(value, analysis, depth + 1) for value in values}
+        return ops.pop() if len(ops) == 1 else None
+    return _op(node, analysis)
+
+
+def _exp_argument(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
+    """``x`` of ``torch.exp(x)`` / ``x.exp()``, also through a name bound (only) to one."""
+    if isinstance(node, ast.Name):
+        if not any(call_name(v) == "exp" for v in analysis.bound_values(node) if isinstance(v, ast.Call)):
             return None
-        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        return node.args[0] if node.args else node.func.value
+        values = reaching_bindings(node, analysis)
+        node = values[0] if len(values) == 1 else node
+    if call_name(node) != "exp" if isinstance(node, ast.Call) else True:
+        return None
+    if _op(node, analysis) != "exp":
+        return None
+    assert isinstance(node, ast.Call)
+    return _subject(node, analysis)
 
-    def _sums_an_exp(self, node: ast.AST, analysis: ModuleAnalysis) -> bool:
-        for inner in ast.walk(node):
-            if self._callee(inner, analysis) == "sum":
-                assert isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
-                summed = inner.args[0] if analysis.resolve(inner.func) and inner.args else inner.func.value
-                if self._exp_argument(summed, analysis) is not None:
-                    return True
+
+def _subject(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST | None:
+    """The tensor an op works on: the first argument of a function, the receiver of a method."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and analysis.resolve(func) is None:
+        return func.value
+    return call.args[0] if call.args else None
+
+
+def _sums_an_exp(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Call) and _op(inner, analysis) == "sum":
+            summed = _subject(inner, analysis)
+            if summed is not None and _exp_argument(summed, analysis) is not None:
+                return True
+    return False
+
+
+def _log_argument(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST | None:
+    return _subject(call, analysis)
+
+
+def _names_shifted_in_place(analysis: ModuleAnalysis) -> set[str]:
+    """Names shifted in place by a max: ``x -= x.max(-1, keepdim=True).values``, ``x.sub_(x.amax(...))``."""
+    names = set()
+    for node in analysis.nodes(ast.AugAssign):
+        if isinstance(node.op, ast.Sub) and isinstance(node.target, ast.Name) and _mentions_max(node.value):
+            names.add(node.target.id)
+    for call in analysis.calls:
+        func = call.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "sub_"
+            and isinstance(func.value, ast.Name)
+            and any(_mentions_max(arg) for arg in call.args)
+        ):
+            names.add(func.value.id)
+    return names
+
+
+def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis, shifted_in_place: set[str], depth: int = 0) -> bool:
+    """``x - x.max(-1, keepdim=True).values``, ``x - torch.amax(x)``, ``x - logsumexp``, ``x - m`` with
+    ``m = x.max(...)``, also through a name bound to such a difference or shifted in place."""
+    if depth > _MAX_DEPTH:
         return False
-
-    def _log_argument(self, call: ast.Call, analysis: ModuleAnalysis) -> ast.AST | None:
-        if self._callee(call, analysis) != "log":
-            return None
-        assert isinstance(call.func, ast.Attribute)
-        if analysis.resolve(call.func):
-            return call.args[0] if call.args else None
-        return call.func.value
-
-
-def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """``x - x.max(-1, keepdim=True).values``, ``x - torch.amax(x)``, ``x - logsumexp``, also through a
-    name bound to such a difference."""
     if isinstance(exponent, ast.Name):
-        return any(_max_subtracted(value, analysis) for value in analysis.bound_values(exponent))
+        if exponent.id in shifted_in_place:
+            return True
+        return any(
+            _max_subtracted(value, analysis, shifted_in_place, depth + 1) for value in analysis.bound_values(exponent)
+        )
+    if isinstance(exponent, (ast.BinOp)) and isinstance(exponent.op, ast.Div):
+        # (x - m) / T: a temperature does not undo the shift
+        return _max_subtracted(exponent.left, analysis, shifted_in_place, depth + 1)
     if not (isinstance(exponent, ast.BinOp) and isinstance(exponent.op, ast.Sub)):
         return False
-    for node in ast.walk(exponent.right):
-        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
-        if name and any(marker in name for marker in _MAX_NAMES):
+    if _mentions_max(exponent.right):
+        return True
+    return any(
+        _mentions_max(value)
+        for node in ast.walk(exponent.right)
+        if isinstance(node, ast.Name)
+        for value in analysis.bound_values(node)
+    )
+
+
+def _mentions_max(node: ast.AST) -> bool:
+    for inner in ast.walk(node):
+        name = inner.attr if isinstance(inner, ast.Attribute) else inner.id if isinstance(inner, ast.Name) else None
+        if name and any(marker in name.lower() for marker in _MAX_NAMES):
             return True
     return False
