@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from typing import Any, ClassVar, Iterator
 
 from . import __version__
@@ -44,6 +45,13 @@ class AmpChecker:
     @classmethod
     def parse_options(cls, options: argparse.Namespace) -> None:
         precision = getattr(options, "amp_precision", AUTO)
+        if precision not in (AUTO, *PRECISIONS):
+            # argparse checks the command line's choices, but flake8 hands config-file values over unchecked.
+            sys.stderr.write(
+                f"flake8: error: amp-precision = {precision!r} in the flake8 configuration is not one of: "
+                f"{', '.join((AUTO, *PRECISIONS))}\n"
+            )
+            raise SystemExit(2)
         cls.options = LintOptions(precision=None if precision == AUTO else precision)
         cls.selected = _may_select_amp(options)
 

@@ -48,8 +48,12 @@ class GroupedReport(BaseFormatter):
         self._total += 1
         rule = RULES_BY_CODE.get(error.code)
         if rule is None:
-            # Another plugin's code selected alongside AMP (E501, F401 ...): no severity or fix to give.
-            lines.append(f"Line {error.line_number}: {error.code} {error.text}")
+            if error.code.startswith("AMP"):  # AMP000: a rule failed on this file
+                what, fix = split_message(error.code, error.text)
+                lines.append(f"Line {error.line_number}: {error.code} {what}")
+                lines.extend([f"  -> {fix}"] if fix else [])
+            else:  # another plugin's code selected alongside AMP (E501, F401 ...): no severity or fix to give
+                lines.append(f"Line {error.line_number}: {error.code} {error.text}")
             return "\n".join(lines)
         self._severities[rule.severity.value] += 1
         what, fix = split_message(error.code, error.text)

@@ -1,20 +1,22 @@
 """The pylint front end: ``pylint --load-plugins pylint_amp train.py``.
 
-Same rules, same findings as ``flake8 --select AMP``: the module's text is parsed once with ``ast`` and
+Same rules, same findings as ``flake8 --select AMP``: the module's bytes are parsed once with ``ast`` and
 handed to flake8-amp's engine; no rule logic lives here. Message ids are ``<category>51NN`` for rule
 AMP0NN (51 is the checker id, in pylint's range for external checkers); symbols are ``amp-<name>``; each
 message text starts with the AMP code, so one code can be searched across both linters.
 Severity maps to pylint's categories: HIGH -> error (E), MEDIUM -> warning (W), LOW -> refactor (R).
+A rule that crashes on a file is reported as F5100 ``amp-internal-error`` (flake8's AMP000), as pylint
+reports its own internal failures as fatal messages.
 """
 
 from __future__ import annotations
 
 import ast
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pylint.checkers import BaseRawFileChecker
 
-from flake8_amp.engine import PRECISIONS, LintOptions, lint_tree, mentions_torch
+from flake8_amp.engine import INTERNAL_ERROR_CODE, PRECISIONS, LintOptions, lint_tree, mentions_torch
 from flake8_amp.rule_docs import doc_path
 from flake8_amp.rules import ALL_RULES, Rule, Severity
 
@@ -23,11 +25,16 @@ if TYPE_CHECKING:
     from pylint.lint import PyLinter
 
 CHECKER_ID = 51
+AUTO = "auto"
+INTERNAL_ERROR_MESSAGE = (f"F{CHECKER_ID}00", "amp-internal-error")
 _CATEGORY = {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "R"}
 
 
 def message_id(rule: Rule) -> str:
-    return f"{_CATEGORY[rule.severity]}{CHECKER_ID}{int(rule.code[3:]):02d}"
+    number = int(rule.code[3:])
+    if not 0 < number < 100:
+        raise ValueError(f"flake8-amp: rule code {rule.code} does not fit pylint's <category>{CHECKER_ID}NN ids")
+    return f"{_CATEGORY[rule.severity]}{CHECKER_ID}{number:02d}"
 
 
 def _description(rule: Rule) -> str:
@@ -37,19 +44,33 @@ def _description(rule: Rule) -> str:
     )
 
 
+def pylint_messages(rules: Iterable[Rule]) -> dict[str, tuple[str, str, str, dict[str, Any]]]:
+    """pylint's ``msgs`` table: one message per rule; opinionated rules are disabled by default."""
+    messages: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+        message_id(rule): ("%s", rule.symbol, _description(rule), {"default_enabled": rule.default_enabled})
+        for rule in rules
+    }
+    msgid, symbol = INTERNAL_ERROR_MESSAGE
+    messages[msgid] = (
+        "%s",
+        symbol,
+        f"{INTERNAL_ERROR_CODE}: a flake8-amp rule failed on this module; the other rules ran. "
+        "Please report it with the file.",
+        {},
+    )
+    return messages
+
+
 class AmpChecker(BaseRawFileChecker):
     name = "amp"
-    msgs = {
-        message_id(rule): ("%s", rule.symbol, _description(rule), {"default_enabled": rule.default_enabled})
-        for rule in ALL_RULES
-    }
+    msgs = pylint_messages(ALL_RULES)
     options = (
         (
             "amp-precision",
             {
-                "default": "auto",
+                "default": AUTO,
                 "type": "choice",
-                "choices": ["auto", *PRECISIONS],
+                "choices": [AUTO, *PRECISIONS],
                 "metavar": "<auto|fp16|bf16>",
                 "help": "The low-precision format the code trains in; auto infers it per module from its "
                 "autocast dtypes and casts. In bf16 code the float16-range rules (AMP007, AMP008, AMP016) "
@@ -59,17 +80,22 @@ class AmpChecker(BaseRawFileChecker):
     )
 
     def process_module(self, node: nodes.Module) -> None:
-        with node.stream() as stream:
-            source = stream.read().decode(node.file_encoding or "utf-8", errors="replace")
-        if not mentions_torch(source.splitlines()):
+        stream = node.stream()
+        if stream is None:
+            return
+        with stream:
+            source = stream.read()
+        # The cheap pre-check on text; ast then parses the bytes itself (encoding cookie, BOM).
+        if not mentions_torch([source.decode("utf-8", errors="replace")]):
             return
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):
             return  # pylint reports syntax errors itself
         precision = self.linter.config.amp_precision
-        options = LintOptions(precision=None if precision == "auto" else precision)
+        options = LintOptions(precision=None if precision == AUTO else precision)
         symbols = {rule.code: rule.symbol for rule in ALL_RULES}
+        symbols[INTERNAL_ERROR_CODE] = INTERNAL_ERROR_MESSAGE[1]
         for finding in lint_tree(tree, options):
             symbol = symbols.get(finding.code)
             if symbol is not None:

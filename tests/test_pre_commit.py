@@ -1,5 +1,5 @@
-"""The pre-commit hook, installed by pre-commit from this checkout as a hook repository (no network
-beyond the package index pre-commit's pip uses to build the hook's environment)."""
+"""The pre-commit hooks, installed by pre-commit from this checkout as a hook repository. pre-commit's pip
+builds the package (hatchling, flake8 and pylint come from the package index, as in any pre-commit use)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 _IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".pytest_cache", "build", "dist", "*.png")
-
-pytestmark = pytest.mark.skipif(shutil.which("pre-commit") is None, reason="pre-commit is not installed")
+BUGGY = "import torch\n\nscaler = torch.amp.GradScaler('cuda')\nold = torch.cuda.amp.GradScaler()\n"
+CLEAN = "import torch\n\nscaler = torch.amp.GradScaler('cuda')\n"
+# What each hook prints for BUGGY's line 4 (flake8 columns are 1-based, pylint's 0-based).
+EXPECTED_OUTPUT = {
+    "flake8-amp": "train.py:4:7: AMP013 deprecated torch.cuda.amp.GradScaler",
+    "pylint-amp": "train.py:4:6: R5113: AMP013 deprecated torch.cuda.amp.GradScaler",
+}
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -36,25 +41,35 @@ def hook_repository(tmp_path_factory) -> Path:
     return hook_repo
 
 
-def test_the_hook_fails_on_a_hazard_and_passes_on_clean_code(hook_repository, tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "train.py").write_text(
-        "import torch\n\nscaler = torch.amp.GradScaler('cuda')\nold = torch.cuda.amp.GradScaler()\n"
-    )
+def test_the_repository_declares_both_hooks():
+    yaml = pytest.importorskip("yaml")
+    hooks = yaml.safe_load((REPOSITORY / ".pre-commit-hooks.yaml").read_text())
+    assert {hook["id"]: hook["entry"] for hook in hooks} == {
+        "flake8-amp": "flake8 --select AMP",
+        "pylint-amp": "pylint --load-plugins pylint_amp --disable=all --enable=amp --score=n",
+    }
+    assert all(hook["language"] == "python" and hook["types"] == ["python"] for hook in hooks)
+
+
+@pytest.mark.skipif(shutil.which("pre-commit") is None, reason="pre-commit is not installed")
+@pytest.mark.parametrize("hook_id", sorted(EXPECTED_OUTPUT))
+def test_the_hook_fails_on_a_hazard_and_passes_on_clean_code(hook_repository, tmp_path_factory, hook_id):
+    project = tmp_path_factory.mktemp("project")
+    (project / "train.py").write_text(BUGGY)
     git(project, "init", "-q")
     git(project, "add", "-A")
-    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache"), "PIP_NO_INPUT": "1"}
+    cache = hook_repository.parent / "pre-commit-home"  # one per session: the hooks' environments are reused
+    env = {**os.environ, "PRE_COMMIT_HOME": str(cache), "PIP_NO_INPUT": "1", "PIP_DEFAULT_TIMEOUT": "100"}
 
     def try_repo() -> subprocess.CompletedProcess:
-        command = ["pre-commit", "try-repo", str(hook_repository), "flake8-amp", "--all-files"]
+        command = ["pre-commit", "try-repo", str(hook_repository), hook_id, "--all-files"]
         return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env, timeout=600)
 
-    run = try_repo()
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "train.py:4:7: AMP013" in run.stdout
+    buggy = try_repo()
+    assert buggy.returncode == 1, buggy.stdout + buggy.stderr
+    assert EXPECTED_OUTPUT[hook_id] in buggy.stdout
 
-    (project / "train.py").write_text("import torch\n\nscaler = torch.amp.GradScaler('cuda')\n")
+    (project / "train.py").write_text(CLEAN)
     git(project, "add", "-A")
     clean = try_repo()
     assert clean.returncode == 0, clean.stdout + clean.stderr
