@@ -4,7 +4,9 @@ Same rules, same findings as ``flake8 --select AMP``: the module's bytes are par
 handed to flake8-amp's engine; no rule logic lives here. Message ids are ``<category>51NN`` for rule
 AMP0NN (51 is the checker id, in pylint's range for external checkers); symbols are ``amp-<name>``; each
 message text starts with the AMP code, so one code can be searched across both linters.
-Severity maps to pylint's categories: HIGH -> error (E), MEDIUM -> warning (W), LOW -> refactor (R).
+Severity maps to pylint's categories: HIGH -> error (E), MEDIUM -> warning (W), LOW -> convention (C):
+convention rather than refactor because IDEs show pylint's refactor messages only as hints, outside the
+problems list (VS Code's pylint extension maps refactor to Hint, convention to Information).
 A rule that crashes on a file is reported as F5100 ``amp-internal-error`` (flake8's AMP000), as pylint
 reports its own internal failures as fatal messages.
 """
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 CHECKER_ID = 51
 AUTO = "auto"
 INTERNAL_ERROR_MESSAGE = (f"F{CHECKER_ID}00", "amp-internal-error")
-_CATEGORY = {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "R"}
+_CATEGORY = {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "C"}
 
 
 def message_id(rule: Rule) -> str:

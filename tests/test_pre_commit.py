@@ -17,7 +17,7 @@ CLEAN = "import torch\n\nscaler = torch.amp.GradScaler('cuda')\n"
 # What each hook prints for BUGGY's line 4 (flake8 columns are 1-based, pylint's 0-based).
 EXPECTED_OUTPUT = {
     "flake8-amp": "train.py:4:7: AMP013 deprecated torch.cuda.amp.GradScaler",
-    "pylint-amp": "train.py:4:6: R5113: AMP013 deprecated torch.cuda.amp.GradScaler",
+    "pylint-amp": "train.py:4:6: C5113: AMP013 deprecated torch.cuda.amp.GradScaler",
 }
 
 

@@ -33,8 +33,8 @@ def test_one_message_per_rule_in_the_external_range_with_the_rule_symbol():
     assert len(set(ids)) == len(ids)
     for rule in ALL_RULES:
         msgid = message_id(rule)
-        assert re.fullmatch(r"[EWR]51\d\d", msgid) and msgid.endswith(rule.code[-2:])
-        assert msgid[0] == {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "R"}[rule.severity]
+        assert re.fullmatch(r"[EWC]51\d\d", msgid) and msgid.endswith(rule.code[-2:])
+        assert msgid[0] == {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "C"}[rule.severity]
         text, symbol, description, options = AmpChecker.msgs[msgid]
         assert symbol == rule.symbol == f"amp-{rule.name}"
         assert description.startswith(f"{rule.code} ({rule.severity.value}): {rule.summary}")
