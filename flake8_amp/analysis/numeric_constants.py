@@ -16,8 +16,6 @@ from .module_analysis import ModuleAnalysis
 # 2**-25 itself ties to 0.
 FP16_ZERO_ROUNDING_LIMIT = 2.0**-25
 _MAX_NAME_DEPTH = 3
-# What a constant's binding can look like: 1e9, -1e9, 10**9, float("1e9"), OTHER_CONSTANT
-_CONSTANT_SHAPES = (ast.Constant, ast.UnaryOp, ast.BinOp, ast.Call, ast.Name, ast.Attribute)
 
 
 def constant_value(node: ast.AST | None, analysis: ModuleAnalysis, _depth: int = 0) -> float | None:
@@ -68,13 +66,27 @@ def _is_builtin_float(call: ast.Call, analysis: ModuleAnalysis) -> bool:
 
 def _bound_constant(node: ast.Name | ast.Attribute, analysis: ModuleAnalysis, depth: int) -> float | None:
     """The one value every visible binding of a name gives it."""
-    if not any(isinstance(value, _CONSTANT_SHAPES) for value in analysis.bound_values(node)):
+    if not any(_may_be_constant(value) for value in analysis.bound_values(node)):
         return None  # the common case, decided without working out scopes
     values = reaching_bindings(node, analysis)
     found = {constant_value(value, analysis, depth) for value in values}
     if len(found) != 1:
         return None
     return found.pop()
+
+
+def _may_be_constant(value: ast.expr) -> bool:
+    """What a constant's binding looks like: ``1e9``, ``-1e9``, ``-1 * 10**9``, ``float("1e9")``, or
+    another constant's name (``NEG_INF = LARGE``). Decided on the shape alone, before any scope work."""
+    if isinstance(value, ast.Constant):
+        return type(value.value) in (int, float)
+    if isinstance(value, ast.UnaryOp):
+        return _may_be_constant(value.operand)
+    if isinstance(value, ast.BinOp):
+        return _may_be_constant(value.left) and _may_be_constant(value.right)
+    if isinstance(value, ast.Call):
+        return isinstance(value.func, ast.Name) and value.func.id == "float"
+    return isinstance(value, ast.Name) and value.id.isupper()
 
 
 def reaching_bindings(node: ast.AST, analysis: ModuleAnalysis) -> list[ast.expr]:
