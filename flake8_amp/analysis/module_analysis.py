@@ -332,6 +332,28 @@ def _child_fields_reversed(node_type: type) -> tuple[str, ...]:
     return fields
 
 
+def method_chain_end(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST:
+    """``Net().half().cuda()``: the last call chained onto ``call``, stopping before a cast back to full
+    precision (``.float()``, ``.double()``), which makes the chain's value a different thing."""
+    outer: ast.AST = call
+    parent = analysis.parents.get(outer)
+    while (
+        isinstance(parent, ast.Attribute)
+        and parent.attr not in ("float", "double")
+        and isinstance(analysis.parents.get(parent), ast.Call)
+    ):
+        outer = analysis.parents[parent]
+        parent = analysis.parents.get(outer)
+    return outer
+
+
+def method_chain_root(expr: ast.expr) -> ast.expr:
+    """``model.to(device).half()`` -> ``model``: the receiver a chain of method calls starts from."""
+    while isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+        expr = expr.func.value
+    return expr
+
+
 def _alternatives(value: ast.expr) -> list[ast.expr]:
     """The values an expression may evaluate to: both arms of ``a if c else b``, each of ``a or b``."""
     if isinstance(value, ast.IfExp):

@@ -6,7 +6,7 @@ import ast
 from typing import Iterator
 
 from ..analysis.low_precision import cast_dtype
-from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
 from ..analysis.precision import guarded_by_precision_setting
 from ..analysis.torch_api import LOW_PRECISION_DTYPES
 from .base import Finding, Rule, Severity
@@ -55,25 +55,13 @@ class ManualHalfCast(Rule):
             yield self.finding(call, f"{spelled} cast of '{excerpt(func.value)}' feeds autocast code")
 
 
-def _outermost_chain(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST:
-    """``Net().half().cuda()``: climb from the cast through the method calls chained onto it."""
-    parent = analysis.parents.get(node)
-    while isinstance(parent, ast.Attribute) and isinstance(analysis.parents.get(parent), ast.Call):
-        node = analysis.parents[parent]
-        parent = analysis.parents.get(node)
-    return node
-
-
 def _bound_name(call: ast.Call, analysis: ModuleAnalysis) -> str | None:
     """The name that holds the cast's result: ``x = x.half()``, or ``model.half()`` (modules cast in place)."""
-    outer = _outermost_chain(call, analysis)
-    parent = analysis.parents.get(outer)
+    parent = analysis.parents.get(method_chain_end(call, analysis))
     if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name):
         return parent.targets[0].id
     if isinstance(parent, ast.Expr):
-        receiver = call.func.value  # type: ignore[attr-defined]
-        while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
-            receiver = receiver.func.value
+        receiver = method_chain_root(call.func.value)  # type: ignore[attr-defined]
         if isinstance(receiver, ast.Name):
             return receiver.id
     return None

@@ -6,7 +6,7 @@ import ast
 from typing import Iterator
 
 from ..analysis.low_precision import cast_dtype
-from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.module_analysis import ModuleAnalysis, call_name, method_chain_end, method_chain_root
 from ..analysis.precision import guarded_by_precision_setting
 from .base import Finding, Rule, Severity
 
@@ -49,13 +49,11 @@ class HalfModelOptimizer(Rule):
                 continue
             statement = analysis.statement_of(call)
             names = []
-            if _outermost_chained_call(call, analysis) is getattr(statement, "value", None):
+            if method_chain_end(call, analysis) is getattr(statement, "value", None):
                 if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
                     names.append(statement.targets[0].id)
                 # nn.Module.half() casts in place: `fast = net.half()` halves `net` too.
-                receiver = call.func.value  # type: ignore[attr-defined]
-                while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute):
-                    receiver = receiver.func.value
+                receiver = method_chain_root(call.func.value)  # type: ignore[attr-defined]
                 if isinstance(receiver, ast.Name):
                     names.append(receiver.id)
             for name in names:
@@ -75,20 +73,6 @@ class HalfModelOptimizer(Rule):
             ):
                 return True
         return False
-
-
-def _outermost_chained_call(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST:
-    """``Net().half().cuda()``: the calls chained after the cast, unless one casts back (``.float()``)."""
-    outer: ast.AST = call
-    parent = analysis.parents.get(outer)
-    while (
-        isinstance(parent, ast.Attribute)
-        and parent.attr not in ("float", "double")
-        and isinstance(analysis.parents.get(parent), ast.Call)
-    ):
-        outer = analysis.parents[parent]
-        parent = analysis.parents.get(outer)
-    return outer
 
 
 def _parameter_owners(argument: ast.expr) -> list[str]:
