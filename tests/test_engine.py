@@ -20,6 +20,91 @@ def analyse(source: str) -> ModuleAnalysis:
     return ModuleAnalysis(ast.parse(textwrap.dedent(source)))
 
 
+# ---------------------------------------------------------------- the walk
+_EVERY_FORM = """
+import torch, torch.nn.functional as F
+from torch.cuda.amp import autocast as ac, GradScaler
+global_value: int = 1
+
+
+@torch.no_grad()
+async def step(model, *args, scale=2.0, **kwargs) -> None:
+    global global_value
+    async with ac(enabled=False) as ctx, open("f") as g:
+        x = {"a": 1, **kwargs}
+        y = [v for v in args if v] + list({k: v for k, v in x.items()}) + [*{1, 2}]
+        z = (lambda q, /, r=1: q + r)(-1, r=2) if not x else (yield from g)
+        async for a in g:
+            await a
+    try:
+        del x[0], y
+        raise ValueError("v") from None
+    except (TypeError, ValueError) as error:
+        assert error, f"{error!r:>10} {scale:.{2}f}"
+    finally:
+        pass
+    while z := 1 < 2 <= 3:
+        break
+    else:
+        x @= y[1:2, ::3]
+
+
+class Net(torch.nn.Module, metaclass=type):
+    def forward(self, x):
+        nonlocal_value = 0
+
+        def inner():
+            nonlocal nonlocal_value
+            return (x.half() @ x.T).float().sum()
+        return inner
+"""
+_PATTERN_MATCHING = """
+match command:
+    case [1, 2, *rest] | {"key": 1, **others} if rest:
+        pass
+    case Point(x=0, y=None) as point:
+        pass
+    case True | "s" | -1j | _:
+        pass
+"""
+_TYPE_PARAMETERS = """
+type Pair[T: int, *Ts, **P] = tuple[T, T]
+def first[T](items: list[T]) -> T:
+    return items[0]
+"""
+# Shared singletons the walk skips on purpose: they carry no position and no facts.
+_SINGLETONS = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+
+
+@pytest.mark.parametrize(
+    "source, min_version",
+    [(_EVERY_FORM, (3, 9)), (_PATTERN_MATCHING, (3, 10)), (_TYPE_PARAMETERS, (3, 12))],
+    ids=["every-form", "pattern-matching", "type-parameters"],
+)
+def test_the_walk_records_every_node_and_its_parent_in_source_order(source, min_version):
+    if sys.version_info < min_version:
+        pytest.skip(f"syntax of Python {min_version}")
+    tree = ast.parse(source)
+    analysis = ModuleAnalysis(tree)
+    expected_parents = {
+        child: parent
+        for parent in ast.walk(tree)
+        for child in ast.iter_child_nodes(parent)
+        if not isinstance(child, _SINGLETONS)
+    }
+    assert analysis.parents == expected_parents
+    for node_type in {type(node) for node in expected_parents}:
+        # pre-order: an outer node before the nodes inside it, siblings left to right
+        expected = [node for node in _pre_order(tree) if type(node) is node_type]
+        assert analysis.nodes(node_type) == expected, node_type.__name__
+
+
+def _pre_order(node: ast.AST):
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _pre_order(child)
+
+
 # ---------------------------------------------------------------- qualified names
 @pytest.mark.parametrize(
     "imports, expr, expected",

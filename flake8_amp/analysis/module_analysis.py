@@ -94,8 +94,9 @@ class ModuleAnalysis:
     # ---------------------------------------------------------------- the walk
     def _walk(self) -> None:
         # The hot path of the whole plugin: a pre-order walk (so node lists come out in source order)
-        # that reads child fields directly instead of through ast.iter_child_nodes, and skips the
-        # shared leaf singletons (Load, Store, Add, Eq ...), which are a third of all nodes.
+        # that reads only the fields that can hold child nodes, directly rather than through
+        # ast.iter_child_nodes, and skips the shared leaf singletons (Load, Store, Add, Eq ...), which
+        # are a third of all nodes.
         parents = self.parents
         by_type = self._by_type
         stack: list[ast.AST] = [self.tree]
@@ -106,7 +107,10 @@ class ModuleAnalysis:
             node = pop()
             node_type = type(node)
             by_type[node_type].append(node)
-            for field in known_fields.get(node_type) or _child_fields_reversed(node_type):
+            fields = known_fields.get(node_type)
+            if fields is None:
+                fields = _child_fields_reversed(node_type)
+            for field in fields:
                 value = getattr(node, field, None)
                 if type(value) is list:
                     for item in reversed(value):
@@ -319,15 +323,24 @@ class ModuleAnalysis:
 
 
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+# Fields that never hold a node worth visiting, in any Python version: the shared singletons (ctx, op,
+# ops) and identifiers, strings and numbers ("name" is not among them: 3.12's TypeAlias.name is a Name).
+# Leaving them out is only a saving, as the walk still checks that what it pushes is a node.
+_LEAF_FIELDS = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "asname", "module", "level", "kind", "type_comment", "is_async",
+     "conversion", "tag", "rest", "kwd_attrs"}
+)
+_LEAF_VALUE_TYPES = tuple(getattr(ast, name) for name in ("Constant", "MatchSingleton") if hasattr(ast, name))
 
 
 def _child_fields_reversed(node_type: type) -> tuple[str, ...]:
-    """The fields of a node type that can hold child nodes worth visiting (not ctx / op / ops), last
-    first, so that a stack pops them in source order."""
+    """The fields of a node type that can hold child nodes, last first, so that a stack pops them in
+    source order."""
     fields = _CHILD_FIELDS.get(node_type)
     if fields is None:
         names = node_type._fields  # type: ignore[attr-defined]
-        fields = tuple(reversed([f for f in names if f not in ("ctx", "op", "ops")]))
+        leaves = _LEAF_FIELDS | ({"value"} if issubclass(node_type, _LEAF_VALUE_TYPES) else set())
+        fields = tuple(reversed([f for f in names if f not in leaves]))
         _CHILD_FIELDS[node_type] = fields
     return fields
 
