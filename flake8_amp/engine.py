@@ -48,6 +48,7 @@ def lint_tree(
                     fix="please report it with this file; the other rules ran",
                 )
             )
+    analysis.release()
     findings.sort(key=lambda f: (f.line, f.col, f.code))
     return findings
 

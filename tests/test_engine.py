@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import gc
 import subprocess
 import sys
 import textwrap
+import weakref
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,9 @@ from flake8_amp.analysis.module_analysis import ModuleAnalysis
 from flake8_amp.engine import LintOptions, lint_source, lint_tree
 from flake8_amp.plugin import AmpChecker
 from flake8_amp.rules.base import Finding, Rule, Severity
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def analyse(source: str) -> ModuleAnalysis:
@@ -226,6 +232,26 @@ def test_nested_function_does_not_inherit_the_region_it_is_defined_in():
 )
 def test_whether_the_module_trains(source, trains):
     assert analyse(source).trains is trains
+
+
+def test_the_analysis_of_a_module_is_freed_as_soon_as_it_is_linted(monkeypatch):
+    """No reference cycle outlives lint_tree: in a long flake8 run, a cycle would keep every linted
+    module's tree alive until a full collection, which then traverses everything flake8 has gathered."""
+    analyses = []
+
+    class Recorded(ModuleAnalysis):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            analyses.append(weakref.ref(self))
+
+    monkeypatch.setattr(engine, "ModuleAnalysis", Recorded)
+    source = open(FIXTURES / "amp019_scaler_bypassed.py", encoding="utf-8").read()
+    gc.disable()
+    try:
+        assert lint_source(source)  # the rules built the derived analyses that point back at it
+        assert len(analyses) == 1 and analyses[0]() is None
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------- engine and adapter

@@ -140,6 +140,12 @@ class ModuleAnalysis:
             self._derived[factory] = factory(self)
         return self._derived[factory]  # type: ignore[return-value]
 
+    def release(self) -> None:
+        """Drop the derived analyses. They point back at this one, and the cycle would keep the whole
+        module (tree, parents, contexts) alive until the garbage collector's next full pass, which
+        in a long flake8 run traverses every result gathered so far."""
+        self._derived.clear()
+
     # ---------------------------------------------------------------- lookups
     def nodes(self, node_type: type[NodeT]) -> list[NodeT]:
         """All nodes of a type, in source order."""
