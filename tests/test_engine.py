@@ -234,6 +234,32 @@ def test_whether_the_module_trains(source, trains):
     assert analyse(source).trains is trains
 
 
+def test_calls_by_callee_name_and_by_qualified_name_come_in_source_order():
+    analysis = analyse(
+        """
+        import torch
+        from torch import save as persist
+        from torch.cuda.amp import GradScaler as Scaler
+        scaler = Scaler()
+        def step(model, opt, x):
+            opt.zero_grad()
+            scaler.scale(model(x).sum()).backward()
+            scaler.step(opt)
+            step(model, opt, x)
+            persist(model.state_dict(), "m.pt")
+            torch.save(opt.state_dict(), "o.pt")
+            save(opt, "x.pt")
+        """
+    )
+    calls = analysis.calls_named("step", "backward")
+    assert [ast.unparse(call.func) for call in calls] == ["scaler.scale(model(x).sum()).backward", "scaler.step", "step"]
+    assert analysis.calls_named("missing") == []
+    saves = analysis.calls_to({"torch.save"})
+    assert [ast.unparse(call.func) for call in saves] == ["persist", "torch.save"]  # not the local save()
+    assert [ast.unparse(call) for call in analysis.grad_scaler_constructions] == ["Scaler()"]
+    assert analysis.uses_grad_scaler
+
+
 def test_the_analysis_of_a_module_is_freed_as_soon_as_it_is_linted(monkeypatch):
     """No reference cycle outlives lint_tree: in a long flake8 run, a cycle would keep every linted
     module's tree alive until a full collection, which then traverses everything flake8 has gathered."""

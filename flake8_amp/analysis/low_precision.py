@@ -55,6 +55,10 @@ _FRESH_TENSOR_FUNCTIONS = frozenset(
 )
 
 
+# The methods cast_dtype() recognises: a rule looks only at calls of these names.
+CAST_METHODS = ("half", "bfloat16", *sorted(FLOAT32_CASTS), "to", "type")
+
+
 def cast_dtype(call: ast.Call, analysis: ModuleAnalysis) -> str | None:
     """The dtype a cast call produces: ``x.half()`` -> float16, ``x.to(torch.float32)`` -> float32.
 

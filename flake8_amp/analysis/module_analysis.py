@@ -11,7 +11,7 @@ import ast
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Collection, Iterator, TypeVar
 
 from .autocast_regions import AutocastRegion, region_from_call
 from .qualified_names import ImportTable
@@ -155,6 +155,33 @@ class ModuleAnalysis:
     def calls(self) -> list[ast.Call]:
         return self.nodes(ast.Call)
 
+    def calls_named(self, *names: str) -> list[ast.Call]:
+        """The calls whose callee ends in one of ``names`` (see :func:`call_name`), in source order:
+        ``calls_named("step")`` finds ``opt.step()`` and ``step()``. Rules ask for the few calls they
+        care about instead of each scanning every call of the module."""
+        positions = self._call_positions
+        if len(names) == 1:
+            found = positions.get(names[0], ())
+        else:
+            found = sorted(position for name in names for position in positions.get(name, ()))
+        calls = self.calls
+        return [calls[position] for position in found]
+
+    def calls_to(self, qualified_names: Collection[str]) -> list[ast.Call]:
+        """The calls whose callee resolves to one of ``qualified_names``, in source order: only calls
+        named like one of them, or like a local alias of one (``from torch import save as tsave``),
+        are resolved."""
+        names = {qualified.rpartition(".")[2] for qualified in qualified_names}
+        names |= self.imports.local_names_for(qualified_names)
+        return [call for call in self.calls_named(*names) if self.resolve(call.func) in qualified_names]
+
+    @cached_property
+    def _call_positions(self) -> dict[str | None, list[int]]:
+        positions: dict[str | None, list[int]] = defaultdict(list)
+        for position, call in enumerate(self.calls):
+            positions[call_name(call)].append(position)
+        return positions
+
     def resolve(self, node: ast.AST) -> str | None:
         return self.imports.resolve(node)
 
@@ -290,22 +317,20 @@ class ModuleAnalysis:
 
     @cached_property
     def grad_scaler_constructions(self) -> list[ast.Call]:
-        names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
-        return [
-            call
-            for call in self.calls
-            if call_name(call) in names and self.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS
-        ]
+        return self.calls_to(GRAD_SCALER_CONSTRUCTORS)
 
     @cached_property
     def uses_grad_scaler(self) -> bool:
         if self.grad_scaler_constructions:
             return True
         names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
-        return any(
-            node.attr in names and self.resolve(node) in GRAD_SCALER_CONSTRUCTORS
-            for node in self.nodes(ast.Attribute)
-        ) or any(self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Name) if node.id in names)
+        if any(
+            node.attr in names and self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Attribute)
+        ):
+            return True
+        # A bare name refers to a GradScaler class only if an import binds it to one.
+        aliases = self.imports.local_names_for(GRAD_SCALER_CONSTRUCTORS)
+        return bool(aliases) and any(node.id in aliases for node in self.nodes(ast.Name))
 
     @cached_property
     def trains(self) -> bool:
@@ -313,15 +338,11 @@ class ModuleAnalysis:
         uses autocast or a GradScaler."""
         if self.uses_autocast or self.uses_grad_scaler:
             return True
-        for call in self.calls:
-            name = call_name(call)
-            if (
-                name in ("backward", "zero_grad")
-                and isinstance(call.func, ast.Attribute)
-                # `fused_softmax_cuda.backward(...)` inside a custom Function calls an extension module
-                and self.resolve(call.func.value) is None
-            ):
+        for call in self.calls_named("backward", "zero_grad"):
+            # `fused_softmax_cuda.backward(...)` inside a custom Function calls an extension module
+            if isinstance(call.func, ast.Attribute) and self.resolve(call.func.value) is None:
                 return True
+        for call in self.calls:
             qualified = self.resolve(call.func)
             if qualified and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:
                 return True

@@ -32,7 +32,7 @@ def module_precision(analysis: ModuleAnalysis) -> str | None:
         dtype = DTYPE_NAMES.get(analysis.resolve(node) or "")
         if dtype is not None:
             seen.add(dtype)
-    for call in analysis.calls:
+    for call in analysis.calls_named("half", "bfloat16"):
         func = call.func
         if isinstance(func, ast.Attribute) and not call.args:
             if func.attr == "half":

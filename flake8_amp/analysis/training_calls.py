@@ -13,7 +13,6 @@ import re
 from functools import cached_property
 
 from .module_analysis import FunctionNode, ModuleAnalysis, call_name
-from .torch_api import GRAD_SCALER_CONSTRUCTORS
 
 _OPTIMIZER_NAME = re.compile(r"(^|_)(optim|optimizer|opt)\d*$|optimizer$", re.I)
 # Objects whose .backward(loss) runs the whole mixed-precision recipe (or is not a tensor's backward).
@@ -39,13 +38,14 @@ class TrainingCalls:
     def scalers(self) -> frozenset[str]:
         """Source texts of the expressions that hold a GradScaler."""
         found = set()
-        for key, values in self.analysis.assignments.items():
-            for value in values:
-                if isinstance(value, ast.Call) and self.analysis.resolve(value.func) in GRAD_SCALER_CONSTRUCTORS:
+        constructions = set(self.analysis.grad_scaler_constructions)
+        if constructions:
+            for key, values in self.analysis.assignments.items():
+                if any(value in constructions for value in values):
                     found.add(key)
-        for call in self.analysis.calls:
+        for call in self.analysis.calls_named("backward"):
             # S.scale(loss).backward()
-            if call_name(call) == "backward" and isinstance(call.func, ast.Attribute):
+            if isinstance(call.func, ast.Attribute):
                 inner = call.func.value
                 if isinstance(inner, ast.Call) and call_name(inner) == "scale":
                     text = receiver_text(inner)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.low_precision import cast_dtype
+from ..analysis.low_precision import CAST_METHODS, cast_dtype
 from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
 from ..analysis.precision import guarded_by_precision_setting
 from ..analysis.torch_api import LOW_PRECISION_DTYPES
@@ -28,7 +28,7 @@ class ManualHalfCast(Rule):
         if not analysis.uses_autocast:
             return
         names_used_under_autocast = None
-        for call in analysis.calls:
+        for call in analysis.calls_named(*CAST_METHODS):
             dtype = cast_dtype(call, analysis)
             if dtype not in LOW_PRECISION_DTYPES:
                 continue

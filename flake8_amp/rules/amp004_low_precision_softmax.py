@@ -53,7 +53,7 @@ class LowPrecisionSoftmax(Rule):
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         flow = None
-        for call in analysis.calls:
+        for call in analysis.calls_named(*_SOFTMAX_NAMES):
             found = softmax_call(call, analysis)
             if found is None:
                 continue

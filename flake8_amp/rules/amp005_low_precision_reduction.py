@@ -40,7 +40,7 @@ class LowPrecisionReduction(Rule):
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         flow = None
-        for call in analysis.calls:
+        for call in analysis.calls_named(*_REDUCTIONS):
             found = reduction_call(call, analysis)
             if found is None:
                 continue

@@ -52,9 +52,7 @@ class Fp16OverflowLiteral(Rule):
             precision is None and _defines_a_model(analysis) and not analysis.trains
         )
         values = None
-        for call in analysis.calls:
-            if call_name(call) not in _FILL_NAMES:
-                continue
+        for call in analysis.calls_named(*_FILL_NAMES):
             site = _fill_site(call, analysis)
             if site is None:
                 continue

@@ -33,6 +33,7 @@ _NORMS = {
     "torch.rms_norm": 3,
 }
 _NORMALIZE = "torch.nn.functional.normalize"
+_NORM_CALLS = frozenset(_NORMS) | {_NORMALIZE}
 _NORMALIZE_EPS_POSITION = 3
 _NORMALIZE_DEFAULT_EPS = 1e-12
 _GUARDED_FUNCTIONS = frozenset({"sqrt", "rsqrt", "log", "log2", "log10"})
@@ -53,10 +54,8 @@ class Fp16VanishingEpsilon(Rule):
             return
         values = None
         casts_to_fp16 = None
-        for call in analysis.calls:
+        for call in analysis.calls_to(_NORM_CALLS):
             qualified = analysis.resolve(call.func)
-            if qualified not in _NORMS and qualified != _NORMALIZE:
-                continue
             context = analysis.context(call)
             region = context.innermost_region
             if context.in_test or (region is not None and region.may_be_enabled and not region.is_cpu):

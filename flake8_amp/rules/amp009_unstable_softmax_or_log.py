@@ -48,8 +48,8 @@ class UnstableSoftmaxOrLog(Rule):
                 "hand-written softmax exp(x) / exp(x).sum() without subtracting the max",
                 fix="use torch.softmax(x, dim) (or subtract x.amax(dim, keepdim=True) first)",
             )
-        for call in analysis.calls:
-            if call_name(call) != "log" or _op(call, analysis) != "log":
+        for call in analysis.calls_named("log"):
+            if _op(call, analysis) != "log":
                 continue
             inner = _op_through_name(_log_argument(call, analysis), analysis)
             if inner not in ("softmax", "sigmoid") or _deliberate(call, analysis):
@@ -158,11 +158,10 @@ def _names_shifted_in_place(analysis: ModuleAnalysis) -> set[str]:
     for node in analysis.nodes(ast.AugAssign):
         if isinstance(node.op, ast.Sub) and isinstance(node.target, ast.Name) and _mentions_max(node.value):
             names.add(node.target.id)
-    for call in analysis.calls:
+    for call in analysis.calls_named("sub_"):
         func = call.func
         if (
             isinstance(func, ast.Attribute)
-            and func.attr == "sub_"
             and isinstance(func.value, ast.Name)
             and any(_mentions_max(arg) for arg in call.args)
         ):

@@ -27,7 +27,8 @@ class ClipBeforeUnscale(Rule):
             return
         # Per function: where scaled backward, unscale_, clipping and scaler.step happen, by position.
         events: dict[ast.AST | None, list[tuple[tuple[int, int], str, ast.Call]]] = defaultdict(list)
-        for call in analysis.calls:
+        candidates = analysis.calls_named("backward", "unscale_", "step") + analysis.calls_to(_CLIPPERS)
+        for call in candidates:
             if training.is_scaled_backward(call):
                 kind = "backward"
             elif training.scaler_method(call, "unscale_"):

@@ -24,7 +24,7 @@ class ScalerUpdateOutOfStep(Rule):
         if not training.scalers:
             return
         by_scope: dict[tuple[ast.AST | None, str], dict[str, list[ast.Call]]] = defaultdict(lambda: defaultdict(list))
-        for call in analysis.calls:
+        for call in analysis.calls_named("step", "update", "unscale_"):
             scaler = training.scaler_method(call, "step", "update", "unscale_")
             if scaler:
                 by_scope[(analysis.context(call).function, scaler)][call.func.attr].append(call)  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ class BackwardInsideAutocast(Rule):
         if not analysis.uses_autocast:
             return
         training = analysis.derived(TrainingCalls)
-        for call in analysis.calls:
+        for call in analysis.calls_named("backward") + analysis.calls_to(_AUTOGRAD_ENTRY_POINTS):
             context = analysis.context(call)
             if not context.in_enabled_autocast or context.in_test:
                 continue

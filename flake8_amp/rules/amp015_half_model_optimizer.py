@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.low_precision import cast_dtype
-from ..analysis.module_analysis import ModuleAnalysis, call_name, method_chain_end, method_chain_root
+from ..analysis.low_precision import CAST_METHODS, cast_dtype
+from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
 from ..analysis.precision import guarded_by_precision_setting
 from .base import Finding, Rule, Severity
 
@@ -41,7 +41,7 @@ class HalfModelOptimizer(Rule):
         """(function, model name) -> the cast: ``model = Net().half()``, ``model.half()``,
         ``model.to(torch.float16)``."""
         found = {}
-        for call in analysis.calls:
+        for call in analysis.calls_named(*CAST_METHODS):
             if cast_dtype(call, analysis) != "float16":
                 continue
             context = analysis.context(call)
@@ -63,10 +63,9 @@ class HalfModelOptimizer(Rule):
     @staticmethod
     def _restored(model: str, cast: ast.Call, optimizer: ast.Call, analysis: ModuleAnalysis) -> bool:
         """``model.float()`` between the cast and the optimizer."""
-        for call in analysis.calls:
+        for call in analysis.calls_named("float"):
             if (
                 cast.lineno < call.lineno <= optimizer.lineno
-                and call_name(call) == "float"
                 and isinstance(call.func, ast.Attribute)
                 and isinstance(call.func.value, ast.Name)
                 and call.func.value.id == model

@@ -26,7 +26,7 @@ class ScalerBypassed(Rule):
         recipe: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)  # scaled backward / scaler.step
         plain_backward: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)
         direct_step: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)
-        for call in analysis.calls:
+        for call in analysis.calls_named("backward", "step"):
             scope = analysis.context(call).function
             if training.is_scaled_backward(call) or training.scaler_method(call, "step"):
                 recipe[scope].append(call)

@@ -23,8 +23,8 @@ class CheckpointWithoutScalerState(Rule):
             return
         training = analysis.derived(TrainingCalls)
         reported: set[tuple[ast.AST | None, str]] = set()
-        for call in analysis.calls:
-            if analysis.resolve(call.func) != "torch.save" or not call.args:
+        for call in analysis.calls_to({"torch.save"}):
+            if not call.args:
                 continue
             # The same checkpoint dict saved to several paths (last.pt, best.pt) is one finding.
             key = (analysis.context(call).function, ast.unparse(call.args[0]))
