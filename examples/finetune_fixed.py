@@ -12,9 +12,15 @@ optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
 
 
 def finetune_step(features, labels):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss = F.cross_entropy(model(features), labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+if __name__ == "__main__":
+    for step in range(4):
+        features = torch.randn(8, 64, device=device)
+        print(step, finetune_step(features, torch.randint(0, 4, (8,), device=device)))

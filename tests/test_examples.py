@@ -1,0 +1,56 @@
+"""The bundled examples: the buggy scripts trip every rule, their fixed twins lint clean and train."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flake8_amp.engine import lint_source
+from flake8_amp.rules import ALL_RULES
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BUGGY = sorted(EXAMPLES.glob("*_buggy.py"))
+FIXED = sorted(EXAMPLES.glob("*_fixed.py"))
+EVERY_CODE = {rule.code for rule in ALL_RULES}
+
+
+def codes(path: Path) -> set[str]:
+    return {finding.code for finding in lint_source(path.read_text(encoding="utf-8"))}
+
+
+def test_every_buggy_script_has_a_fixed_twin():
+    assert BUGGY
+    assert [path.name.replace("_buggy", "_fixed") for path in BUGGY] == [path.name for path in FIXED]
+
+
+def test_the_buggy_examples_together_trip_every_rule():
+    assert set().union(*(codes(path) for path in BUGGY)) == EVERY_CODE
+
+
+def test_train_buggy_trips_every_rule_that_can_share_one_module():
+    # AMP016 needs a module without a GradScaler, AMP017 one whose every autocast region is bfloat16:
+    # finetune_buggy.py and pretrain_bf16_buggy.py hold them.
+    assert codes(EXAMPLES / "train_buggy.py") == EVERY_CODE - {"AMP016", "AMP017"}
+    assert codes(EXAMPLES / "finetune_buggy.py") == {"AMP016"}
+    assert codes(EXAMPLES / "pretrain_bf16_buggy.py") == {"AMP017"}
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda path: path.name)
+def test_the_fixed_twin_lints_clean(path):
+    assert codes(path) == set()
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda path: path.name)
+def test_the_fixed_twin_trains_and_its_losses_are_finite(path):
+    pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.splitlines()
+    assert len(steps) == 4
+    losses = [float(re.findall(r"[-+\w.]+", line)[1]) for line in steps]  # "step loss ..." / "step (loss, ...)"
+    assert all(math.isfinite(loss) for loss in losses)
