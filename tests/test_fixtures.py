@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from flake8_amp.engine import lint_source
+
 from expectations import FIXTURES, actual_findings, expected_findings, fixture_codes
 
 FIXTURE_FILES = sorted(FIXTURES.glob("amp*.py"))
@@ -17,6 +19,12 @@ def test_fixture_raises_exactly_the_expected_findings(path):
     actual = actual_findings(source, codes)
     assert sorted(actual - expected) == [], "unexpected findings (line, code)"
     assert sorted(expected - actual) == [], "missing findings (line, code)"
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
+def test_no_finding_is_reported_twice(path):
+    positions = [(f.line, f.col, f.code) for f in lint_source(path.read_text())]
+    assert sorted(p for p in set(positions) if positions.count(p) > 1) == []
 
 
 def test_every_rule_has_fixtures_that_expect_findings():
