@@ -23,8 +23,10 @@ def test_fixture_raises_exactly_the_expected_findings(path):
 
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
 def test_no_finding_is_reported_twice(path):
-    positions = [(f.line, f.col, f.code) for f in lint_source(path.read_text())]
-    assert sorted(p for p in set(positions) if positions.count(p) > 1) == []
+    # On Python 3.9, where import aliases have no position, two names of one import share a position
+    # but not a message: only the same message at the same place is a duplicate.
+    findings = [(f.line, f.col, f.message) for f in lint_source(path.read_text())]
+    assert sorted(f for f in set(findings) if findings.count(f) > 1) == []
 
 
 def test_every_rule_has_fixtures_that_expect_findings():
