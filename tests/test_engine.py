@@ -256,6 +256,10 @@ def test_calls_by_callee_name_and_by_qualified_name_come_in_source_order():
     assert analysis.calls_named("missing") == []
     saves = analysis.calls_to({"torch.save"})
     assert [ast.unparse(call.func) for call in saves] == ["persist", "torch.save"]  # not the local save()
+    either = analysis.calls_to({"torch.save"}, or_named=("backward", "save"))
+    assert [ast.unparse(call.func) for call in either] == [
+        "scaler.scale(model(x).sum()).backward", "persist", "torch.save", "save"
+    ]  # torch.save once, though it is both
     assert [ast.unparse(call) for call in analysis.grad_scaler_constructions] == ["Scaler()"]
     assert analysis.uses_grad_scaler
 

@@ -167,13 +167,17 @@ class ModuleAnalysis:
         calls = self.calls
         return [calls[position] for position in found]
 
-    def calls_to(self, qualified_names: Collection[str]) -> list[ast.Call]:
-        """The calls whose callee resolves to one of ``qualified_names``, in source order: only calls
-        named like one of them, or like a local alias of one (``from torch import save as tsave``),
-        are resolved."""
-        names = {qualified.rpartition(".")[2] for qualified in qualified_names}
+    def calls_to(self, qualified_names: Collection[str], *, or_named: Collection[str] = ()) -> list[ast.Call]:
+        """The calls whose callee resolves to one of ``qualified_names`` or ends in one of ``or_named``,
+        each once, in source order: only calls named like one of them, or like a local alias of one
+        (``from torch import save as tsave``), are resolved."""
+        names = {qualified.rpartition(".")[2] for qualified in qualified_names} | set(or_named)
         names |= self.imports.local_names_for(qualified_names)
-        return [call for call in self.calls_named(*names) if self.resolve(call.func) in qualified_names]
+        return [
+            call
+            for call in self.calls_named(*names)
+            if call_name(call) in or_named or self.resolve(call.func) in qualified_names
+        ]
 
     @cached_property
     def _call_positions(self) -> dict[str | None, list[int]]:
@@ -362,13 +366,10 @@ _LEAF_VALUE_TYPES = tuple(getattr(ast, name) for name in ("Constant", "MatchSing
 
 def _child_fields_reversed(node_type: type) -> tuple[str, ...]:
     """The fields of a node type that can hold child nodes, last first, so that a stack pops them in
-    source order."""
-    fields = _CHILD_FIELDS.get(node_type)
-    if fields is None:
-        names = node_type._fields  # type: ignore[attr-defined]
-        leaves = _LEAF_FIELDS | ({"value"} if issubclass(node_type, _LEAF_VALUE_TYPES) else set())
-        fields = tuple(reversed([f for f in names if f not in leaves]))
-        _CHILD_FIELDS[node_type] = fields
+    source order; remembered in _CHILD_FIELDS, which the walk reads first."""
+    leaves = _LEAF_FIELDS | ({"value"} if issubclass(node_type, _LEAF_VALUE_TYPES) else set())
+    fields = tuple(reversed([f for f in node_type._fields if f not in leaves]))  # type: ignore[attr-defined]
+    _CHILD_FIELDS[node_type] = fields
     return fields
 
 

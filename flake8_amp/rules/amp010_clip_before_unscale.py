@@ -27,8 +27,7 @@ class ClipBeforeUnscale(Rule):
             return
         # Per function: where scaled backward, unscale_, clipping and scaler.step happen, by position.
         events: dict[ast.AST | None, list[tuple[tuple[int, int], str, ast.Call]]] = defaultdict(list)
-        candidates = analysis.calls_named("backward", "unscale_", "step") + analysis.calls_to(_CLIPPERS)
-        for call in dict.fromkeys(candidates):  # once each, should a clipper be imported under one of those names
+        for call in analysis.calls_to(_CLIPPERS, or_named=("backward", "unscale_", "step")):
             if training.is_scaled_backward(call):
                 kind = "backward"
             elif training.scaler_method(call, "unscale_"):

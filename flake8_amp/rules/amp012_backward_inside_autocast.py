@@ -23,8 +23,7 @@ class BackwardInsideAutocast(Rule):
         if not analysis.uses_autocast:
             return
         training = analysis.derived(TrainingCalls)
-        # dict.fromkeys: torch.autograd.backward(...) is both named "backward" and an entry point
-        for call in dict.fromkeys(analysis.calls_named("backward") + analysis.calls_to(_AUTOGRAD_ENTRY_POINTS)):
+        for call in analysis.calls_to(_AUTOGRAD_ENTRY_POINTS, or_named=("backward",)):
             context = analysis.context(call)
             if not context.in_enabled_autocast or context.in_test:
                 continue
