@@ -56,8 +56,8 @@ def train_step(step, features, labels, pair_labels):
     features = features.to(device)
     with torch.autocast(device):
         logits = model(features.half())
-        pair_prob = torch.sigmoid(logits[:, 0])
-    loss = F.cross_entropy(logits, labels) + is_duplicate(pair_prob, pair_labels)
+        pair_loss = is_duplicate(torch.sigmoid(logits[:, 0]), pair_labels)
+    loss = F.cross_entropy(logits, labels) + pair_loss
     confidence = logits.softmax(-1).max(-1).values.mean()
     scaler.scale(loss / accumulation_steps).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)

@@ -6,7 +6,10 @@ import ast
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from .analysis.exemptions import ExemptionPolicy
 from .analysis.module_analysis import ModuleAnalysis
+from .analysis.precision import BF16, module_precision
+from .analysis.project_index import ProjectIndex
 from .rules import ALL_RULES
 from .rules.base import Finding, Rule
 
@@ -18,6 +21,8 @@ PRECISIONS = ("fp16", "bf16")
 class LintOptions:
     #: "fp16" or "bf16"; None infers the precision from the module's autocast dtypes and casts
     precision: str | None = None
+    #: read the project's other modules for facts one step away (see analysis.project_index)
+    project_index: bool = True
 
 
 def mentions_torch(lines: Iterable[str]) -> bool:
@@ -26,18 +31,29 @@ def mentions_torch(lines: Iterable[str]) -> bool:
 
 
 def lint_tree(
-    tree: ast.Module, options: LintOptions = LintOptions(), rules: Sequence[Rule] = ALL_RULES
+    tree: ast.Module,
+    options: LintOptions = LintOptions(),
+    rules: Sequence[Rule] = ALL_RULES,
+    path: str | None = None,
 ) -> list[Finding]:
-    """All findings for one parsed module, sorted by position.
+    """All findings for one parsed module, sorted by position. ``path`` names the file (for the
+    project index and the test-module exemption); without it the module is linted alone.
 
     A rule that fails on a file must not take the other rules' findings down with it: its failure
     becomes an AMP000 finding that says which rule broke, so it gets reported instead of hidden.
     """
-    analysis = ModuleAnalysis(tree, precision=options.precision)
+    project = ProjectIndex.for_file(path) if options.project_index and path else None
+    analysis = ModuleAnalysis(tree, precision=options.precision, path=path, project=project)
     findings: list[Finding] = []
+    policy = None
     for rule in rules:
         try:
-            findings.extend(rule.check(analysis))
+            if rule.quiet_in_bf16 and analysis.derived(module_precision) == BF16:
+                continue
+            for finding in rule.check(analysis):
+                policy = policy or analysis.derived(ExemptionPolicy)
+                if finding.node is None or policy.exemption(finding.node, rule) is None:
+                    findings.append(finding.detached())
         except Exception as exc:  # noqa: BLE001 - reported as a finding, see docstring
             findings.append(
                 Finding(
@@ -53,8 +69,8 @@ def lint_tree(
     return findings
 
 
-def lint_source(source: str, options: LintOptions = LintOptions()) -> list[Finding]:
+def lint_source(source: str, options: LintOptions = LintOptions(), path: str | None = None) -> list[Finding]:
     """Parse and lint source text (for tests, the CLI and verify; flake8 passes its own tree)."""
     if not mentions_torch(source.splitlines()):
         return []
-    return lint_tree(ast.parse(source), options)
+    return lint_tree(ast.parse(source), options, path=path)

@@ -12,6 +12,7 @@ from .engine import PRECISIONS, LintOptions, lint_tree, mentions_torch
 from .rules import ALL_RULES
 
 AUTO = "auto"
+ON, OFF = "on", "off"
 
 
 class AmpChecker:
@@ -22,9 +23,10 @@ class AmpChecker:
     #: False when the run's --select / --extend-select cannot report any AMP code: then there is no work
     selected: ClassVar[bool] = True
 
-    def __init__(self, tree: ast.Module, lines: list[str]) -> None:
+    def __init__(self, tree: ast.Module, lines: list[str], filename: str = "") -> None:
         self.tree = tree
         self.lines = lines
+        self.filename = filename
 
     @classmethod
     def add_options(cls, parser: Any) -> None:
@@ -37,6 +39,15 @@ class AmpChecker:
             "its autocast dtypes and casts). In bf16 code the float16-range rules (AMP007, AMP008, "
             "AMP016) stay quiet. (Default: %(default)s)",
         )
+        parser.add_option(
+            "--amp-project-index",
+            default=ON,
+            choices=(ON, OFF),
+            parse_from_config=True,
+            help="read the project's other modules for facts one step away (a model called under autocast "
+            "in another file, a loss scaled by a helper class), with a cache in <project>/.flake8_amp_cache; "
+            "off lints every file alone and reads no other file. (Default: %(default)s)",
+        )
         # Opinionated rules are reported only when selected explicitly (--extend-select AMP0NN).
         off_by_default = [rule.code for rule in ALL_RULES if not rule.default_enabled]
         if off_by_default:
@@ -44,22 +55,29 @@ class AmpChecker:
 
     @classmethod
     def parse_options(cls, options: argparse.Namespace) -> None:
-        precision = getattr(options, "amp_precision", AUTO)
-        if precision not in (AUTO, *PRECISIONS):
-            # argparse checks the command line's choices, but flake8 hands config-file values over unchecked.
-            sys.stderr.write(
-                f"flake8: error: amp-precision = {precision!r} in the flake8 configuration is not one of: "
-                f"{', '.join((AUTO, *PRECISIONS))}\n"
-            )
-            raise SystemExit(2)
-        cls.options = LintOptions(precision=None if precision == AUTO else precision)
+        precision = _checked(options, "amp_precision", AUTO, (AUTO, *PRECISIONS))
+        project_index = _checked(options, "amp_project_index", ON, (ON, OFF))
+        cls.options = LintOptions(precision=None if precision == AUTO else precision, project_index=project_index == ON)
         cls.selected = _may_select_amp(options)
 
     def run(self) -> Iterator[tuple[int, int, str, type]]:
         if not self.selected or not mentions_torch(self.lines):
             return
-        for finding in lint_tree(self.tree, self.options):
+        path = self.filename if self.filename not in ("", "-", "stdin") else None
+        for finding in lint_tree(self.tree, self.options, path=path):
             yield finding.line, finding.col, finding.message, type(self)
+
+
+def _checked(options: argparse.Namespace, name: str, default: str, choices: tuple[str, ...]) -> str:
+    """argparse checks the command line's choices, but flake8 hands config-file values over unchecked."""
+    value = getattr(options, name, default)
+    if value not in choices:
+        sys.stderr.write(
+            f"flake8: error: {name.replace('_', '-')} = {value!r} in the flake8 configuration is not one of: "
+            f"{', '.join(choices)}\n"
+        )
+        raise SystemExit(2)
+    return value
 
 
 def _may_select_amp(options: argparse.Namespace) -> bool:

@@ -79,6 +79,17 @@ class AmpChecker(BaseRawFileChecker):
                 "stay quiet.",
             },
         ),
+        (
+            "amp-project-index",
+            {
+                "default": True,
+                "type": "yn",
+                "metavar": "<y or n>",
+                "help": "Read the project's other modules for facts one step away (a model called under "
+                "autocast in another file, a loss scaled by a helper class), with a cache in "
+                "<project>/.flake8_amp_cache; no lints every module alone and reads no other file.",
+            },
+        ),
     )
 
     def process_module(self, node: nodes.Module) -> None:
@@ -95,10 +106,12 @@ class AmpChecker(BaseRawFileChecker):
         except (SyntaxError, ValueError):
             return  # pylint reports syntax errors itself
         precision = self.linter.config.amp_precision
-        options = LintOptions(precision=None if precision == AUTO else precision)
+        options = LintOptions(
+            precision=None if precision == AUTO else precision, project_index=bool(self.linter.config.amp_project_index)
+        )
         symbols = {rule.code: rule.symbol for rule in ALL_RULES}
         symbols[INTERNAL_ERROR_CODE] = INTERNAL_ERROR_MESSAGE[1]
-        for finding in lint_tree(tree, options):
+        for finding in lint_tree(tree, options, path=node.file):
             symbol = symbols.get(finding.code)
             if symbol is not None:
                 self.add_message(symbol, line=finding.line, col_offset=finding.col, args=(finding.message,))

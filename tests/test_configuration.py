@@ -19,7 +19,7 @@ from linter_runs import run_flake8, run_pylint
 
 # A fixture the float16-range rule AMP007 fires on, and bf16 silences.
 FP16_RANGE_FIXTURE = FIXTURES / "amp007_fp16_overflow_literal.py"
-HAZARD = "import torch\nwith torch.autocast('cuda'):\n    a = x.half()\n"
+HAZARD = "import torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
 DEPRECATED = "import torch\nscaler = torch.cuda.amp.GradScaler()\n" + HAZARD
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from flake8_amp import engine
 from flake8_amp.analysis.module_analysis import ModuleAnalysis
+from flake8_amp.analysis.training_calls import TrainingCalls
 from flake8_amp.engine import LintOptions, lint_source, lint_tree
 from flake8_amp.plugin import AmpChecker
 from flake8_amp.rules.base import Finding, Rule, Severity
@@ -122,7 +123,8 @@ def _pre_order(node: ast.AST):
         ("import torch.nn.functional", "torch.nn.functional.softmax", "torch.nn.functional.softmax"),
         ("from torch.nn.modules.loss import BCELoss", "BCELoss", "torch.nn.BCELoss"),
         ("import torch", "softmax", None),
-        ("from . import nn", "nn.BCELoss", None),
+        ("from . import nn", "nn.BCELoss", ".nn.BCELoss"),  # relative: one dot per level, for the project index
+        ("from ..models import Net", "Net", "..models.Net"),
     ],
 )
 def test_qualified_names_through_imports_and_aliases(imports, expr, expected):
@@ -231,7 +233,7 @@ def test_nested_function_does_not_inherit_the_region_it_is_defined_in():
     ],
 )
 def test_whether_the_module_trains(source, trains):
-    assert analyse(source).trains is trains
+    assert analyse(source).derived(TrainingCalls).trains is trains
 
 
 def test_calls_by_callee_name_and_by_qualified_name_come_in_source_order():
@@ -260,8 +262,9 @@ def test_calls_by_callee_name_and_by_qualified_name_come_in_source_order():
     assert [ast.unparse(call.func) for call in either] == [
         "scaler.scale(model(x).sum()).backward", "persist", "torch.save", "save"
     ]  # torch.save once, though it is both
-    assert [ast.unparse(call) for call in analysis.grad_scaler_constructions] == ["Scaler()"]
-    assert analysis.uses_grad_scaler
+    training = analysis.derived(TrainingCalls)
+    assert [ast.unparse(call) for call in training.grad_scaler_constructions] == ["Scaler()"]
+    assert training.uses_grad_scaler
 
 
 def test_the_analysis_of_a_module_is_freed_as_soon_as_it_is_linted(monkeypatch):
@@ -295,9 +298,9 @@ def test_a_file_that_never_mentions_torch_is_not_analysed(monkeypatch):
 
 
 def test_flake8_adapter_yields_zero_based_columns_and_full_messages():
-    source = "import torch\nx = 1\nwith torch.autocast('cuda'):\n    y =   x.half()\n"
+    source = "import torch\nx = 1\nwith torch.autocast('cuda'):\n    y =   model(x.half())\nscaler.scale(y).backward()\n"
     results = list(AmpChecker(ast.parse(source), source.splitlines(True)).run())
-    assert [(line, col) for line, col, _, _ in results] == [(4, 10)]
+    assert [(line, col) for line, col, _, _ in results] == [(4, 16)]
     message = results[0][2]
     assert message.startswith("AMP001 .half() cast of 'x'")
     assert message.endswith("(flake8-amp explain AMP001)") and " -> " in message
@@ -328,15 +331,16 @@ def test_flake8_end_to_end_with_noqa(tmp_path):
     script.write_text(
         "import torch\n"
         "with torch.autocast('cuda'):\n"
-        "    a = x.half()\n"
-        "    b = x.half()  # noqa: AMP001\n"
+        "    a = model(x.half())\n"
+        "    b = model(x.half())  # noqa: AMP001\n"
+        "scaler.scale(a + b).backward()\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "flake8", "--select", "AMP", str(script)], capture_output=True, text=True
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:9: AMP001 ")
+    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:15: AMP001 ")
 
 
 def test_importing_the_linter_does_not_import_torch():

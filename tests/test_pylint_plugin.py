@@ -14,7 +14,7 @@ from flake8_amp.rules import ALL_RULES, RULES_BY_CODE, Severity
 from linter_runs import run_pylint
 from pylint_amp import AmpChecker, message_id, pylint_messages
 
-HAZARD = "import torch\nwith torch.autocast('cuda'):\n    a = x.half()\n"
+HAZARD = "import torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
 DEPRECATED = "import torch\nscaler = torch.cuda.amp.GradScaler()\n"
 
 
@@ -44,7 +44,7 @@ def test_one_message_per_rule_in_the_external_range_with_the_rule_symbol():
 
 def test_messages_start_with_the_amp_code_at_pylints_zero_based_column(script):
     messages = run_pylint([script(HAZARD)])
-    assert [(m.msg_id, m.symbol, m.line, m.column) for m in messages] == [("E5101", "amp-manual-half-cast", 3, 8)]
+    assert [(m.msg_id, m.symbol, m.line, m.column) for m in messages] == [("E5101", "amp-manual-half-cast", 3, 17)]
     assert messages[0].msg.startswith("AMP001 ") and messages[0].msg.endswith("(flake8-amp explain AMP001)")
 
 
@@ -57,9 +57,10 @@ def test_line_level_disable_by_symbol_or_id(script):
     path = script(
         "import torch\n"
         "with torch.autocast('cuda'):\n"
-        "    a = x.half()\n"
-        "    b = x.half()  # pylint: disable=amp-manual-half-cast\n"
-        "    c = x.half()  # pylint: disable=E5101\n"
+        "    a = model(x.half())\n"
+        "    b = model(x.half())  # pylint: disable=amp-manual-half-cast\n"
+        "    c = model(x.half())  # pylint: disable=E5101\n"
+        "scaler.scale(a + b + c).backward()\n"
     )
     assert [m.line for m in run_pylint([path])] == [3]
 
@@ -112,7 +113,7 @@ def test_a_failing_rule_is_reported_and_the_other_rules_still_run(script, monkey
 
 def test_files_without_torch_are_skipped_and_syntax_errors_left_to_pylint(script, monkeypatch):
     parsed = []
-    monkeypatch.setattr(pylint_amp, "lint_tree", lambda tree, options: parsed.append(tree) or [])
+    monkeypatch.setattr(pylint_amp, "lint_tree", lambda tree, options, **_: parsed.append(tree) or [])
     assert run_pylint([script("import numpy\nx = numpy.zeros(3).astype('float16')\n")]) == []
     assert parsed == []
     messages = run_pylint([script("import torch\ndef broken(:\n", name="broken.py")], only_amp=False)
@@ -134,4 +135,4 @@ def test_parallel_jobs_report_every_file(script):
         capture_output=True,
         text=True,
     )
-    assert sorted(re.findall(r"(train\d)\.py:3:8: E5101: AMP001 ", result.stdout)) == ["train0", "train1", "train2"]
+    assert sorted(re.findall(r"(train\d)\.py:3:17: E5101: AMP001 ", result.stdout)) == ["train0", "train1", "train2"]

@@ -16,7 +16,7 @@ from flake8_amp.rules import RULES_BY_CODE, Severity
 from flake8_amp.rules.base import FIX_SEPARATOR
 from linter_runs import FIXTURE_FILES, REPOSITORY, run_flake8
 
-HAZARD = "import os\nimport torch\nwith torch.autocast('cuda'):\n    a = x.half()\n"
+HAZARD = "import os\nimport torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
 RELATIVE_FIXTURES = [path.relative_to(REPOSITORY) for path in FIXTURE_FILES]
 
 

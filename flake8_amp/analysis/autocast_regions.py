@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Callable, Optional
 
-from .torch_api import AUTOCAST_CONSTRUCTORS, DTYPE_NAMES
+from .dtypes import Resolver, dtype_of
+from .torch_api import AUTOCAST_CONSTRUCTORS
 
 # The dtype autocast uses when none is given, per device type.
 _DEFAULT_DTYPE = {"cuda": "float16", "cpu": "bfloat16", "mps": "float16", "xpu": "bfloat16"}
-
-Resolver = Callable[[ast.AST], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +26,8 @@ class AutocastRegion:
     enabled: bool | None
     #: False when a dtype is given but is not a literal (``dtype=self.dtype``)
     dtype_known: bool = True
+    #: not a region of the source around the code, but the region its function is called in
+    inherited: bool = False
 
     @property
     def effective_dtype(self) -> str | None:
@@ -44,11 +44,12 @@ class AutocastRegion:
     def is_cpu(self) -> bool:
         return self.device_type == "cpu"
 
-    @property
-    def may_be_fp16(self) -> bool:
-        """fp16 explicitly, by the device's default, or possibly (dtype or device not literal)."""
-        dtype = self.effective_dtype
-        return dtype is None or dtype == "float16"
+    def reason(self) -> str:
+        """For a message: why code in this region runs under autocast, when the source does not show it."""
+        if not self.inherited:
+            return ""
+        name = getattr(self.node, "name", "this function")
+        return f" ({name}() runs under the {self.api})"
 
 
 def _literal_str(node: ast.AST | None) -> str | None:
@@ -63,16 +64,6 @@ def _literal_bool(node: ast.AST | None) -> bool | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, bool):
         return node.value
     return None
-
-
-def dtype_of(node: ast.AST | None, resolve: Resolver) -> str | None:
-    """The dtype a literal like ``torch.float16`` (or ``"float16"`` string) names, else None."""
-    if node is None:
-        return None
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return DTYPE_NAMES.get(f"torch.{node.value}")
-    qualified = resolve(node)
-    return DTYPE_NAMES.get(qualified) if qualified else None
 
 
 def region_from_call(call: ast.Call, owner: ast.AST, resolve: Resolver) -> AutocastRegion | None:

@@ -1,12 +1,12 @@
 """Whether an expression holds a float16 value where it stands: yes, no, or not known.
 
-:class:`~.low_precision.LowPrecisionFlow` says which names hold low-precision values; this adds what the
-range rules need on top of it:
+:class:`~.low_precision.LowPrecisionFlow` says which values are low precision; this adds what the range
+rules need on top of it:
 
 * values that are certainly *not* float16: fresh tensors built without a low-precision ``dtype=``
   (``torch.zeros(n, n)`` is float32), ``.float()`` / ``.double()`` results, non-float results, and the
   results of ops that CUDA autocast runs in float32 (``h.sum()``, ``h.norm()``, ``torch.softmax(h)``
-  inside an enabled CUDA region), also through a local name bound only to such values;
+  inside an enabled CUDA region), also through a name bound only to such values;
 * bfloat16 origins count as not float16 (bfloat16 has float32's range).
 
 Use as ``analysis.derived(Fp16Values).verdict(expr)``.
@@ -16,28 +16,25 @@ from __future__ import annotations
 
 import ast
 
-from .autocast_regions import dtype_of
-from .low_precision import LowPrecisionFlow, cast_dtype
+from .bindings import Binding, Bindings
+from .dataflow import evaluate
+from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, literal_dtype
+from .low_precision import LowPrecisionFlow
 from .module_analysis import ModuleAnalysis, call_name
-from .numeric_constants import reaching_bindings
 from .torch_api import CUDA_FLOAT32_OPS, NON_FLOAT_RESULTS
 
 FP16 = "fp16"
 NOT_FP16 = "not-fp16"
 UNKNOWN = "unknown"
 
-# torch functions that build a tensor from Python values: float32 (or integer) unless given a dtype.
-_FRESH_TENSOR_FUNCTIONS = frozenset(
-    {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "randn", "rand", "randint", "linspace",
-     "logspace", "eye"}
-)
-_MAX_DEPTH = 8
-
 
 class Fp16Values:
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
         self.flow = analysis.derived(LowPrecisionFlow)
+        self.bindings = analysis.derived(Bindings)
+        self._full: dict[object, bool] = {}
+        self._pending: set[object] = set()
 
     def verdict(self, expr: ast.AST) -> str:
         """``FP16`` (known float16, or low precision of a dtype that may be float16), ``NOT_FP16`` or
@@ -49,59 +46,74 @@ class Fp16Values:
             return UNKNOWN
         return NOT_FP16 if origin.dtype == "bfloat16" else FP16
 
-    def full_precision(self, expr: ast.AST, depth: int = 0) -> bool:
+    def full_precision(self, expr: ast.AST) -> bool:
         """Certainly not a float16 tensor where it stands."""
-        if depth > _MAX_DEPTH:
-            return False
-        analysis = self.analysis
-        if isinstance(expr, ast.Constant):
+        return bool(evaluate(expr, self._parts, self._combine, self._full, self._pending))
+
+    def _parts(self, node: object) -> list:
+        if isinstance(node, Binding):
+            return [node.value] if not node.unpacked else []
+        if isinstance(node, ast.Name):
+            return list(self.bindings.reaching(node))
+        if isinstance(node, ast.Subscript):
+            return [node.value]
+        if isinstance(node, ast.Call):
+            kind, parts = self._call_rule(node)
+            return parts
+        if isinstance(node, (ast.BinOp, ast.UnaryOp)) and not self._in_enabled_region(node):
+            return [node.left, node.right] if isinstance(node, ast.BinOp) else [node.operand]
+        return []
+
+    def _combine(self, node: object, full: dict) -> bool:
+        if isinstance(node, Binding):
+            return node.value is not None and not node.unpacked and full.get(node.value, False)
+        if isinstance(node, ast.Constant):
             return True
-        if isinstance(expr, ast.Name):
-            values = reaching_bindings(expr, analysis)
-            return bool(values) and all(self.full_precision(value, depth + 1) for value in values)
-        if isinstance(expr, ast.Subscript):
-            return self.full_precision(expr.value, depth + 1)
-        if isinstance(expr, ast.Call):
-            dtype = cast_dtype(expr, analysis)
-            if dtype is not None:
-                return dtype != "float16"
-            name = call_name(expr)
-            if name in NON_FLOAT_RESULTS:
-                return True
-            qualified = analysis.resolve(expr.func)
-            if qualified is not None and qualified.startswith("torch.") and name in _FRESH_TENSOR_FUNCTIONS:
-                return not self._may_be_fp16_dtype(expr)
-            region = analysis.context(expr).innermost_region
-            if region is not None and region.may_be_enabled:
-                # autocast picks the precision here: float32 only for its float32 list (on CUDA)
-                return name in CUDA_FLOAT32_OPS and not region.is_cpu
-            if qualified is None and isinstance(expr.func, ast.Attribute) and name not in ("to", "type"):
-                return self.full_precision(expr.func.value, depth + 1)  # x.view(...), x.masked_fill(...)
-            if qualified is not None and qualified.startswith("torch.") and expr.args:
-                return all(self.full_precision(arg, depth + 1) for arg in expr.args)  # torch.triu(mask)
-            return False
-        region = analysis.context(expr).innermost_region
-        if region is not None and region.may_be_enabled:
-            return False  # `a @ b` is float16 under autocast whatever a and b are
-        if isinstance(expr, ast.BinOp):
-            return self.full_precision(expr.left, depth + 1) and self.full_precision(expr.right, depth + 1)
-        if isinstance(expr, ast.UnaryOp):
-            return self.full_precision(expr.operand, depth + 1)
+        if isinstance(node, ast.Name):
+            bindings = self.bindings.reaching(node)
+            return bool(bindings) and all(full.get(binding, False) for binding in bindings)
+        if isinstance(node, ast.Subscript):
+            return full.get(node.value, False)
+        if isinstance(node, ast.Call):
+            kind, parts = self._call_rule(node)
+            if kind == "all-parts":
+                return bool(parts) and all(full.get(part, False) for part in parts)
+            return kind == "full"
+        if isinstance(node, ast.BinOp) and not self._in_enabled_region(node):
+            return full.get(node.left, False) and full.get(node.right, False)
+        if isinstance(node, ast.UnaryOp) and not self._in_enabled_region(node):
+            return full.get(node.operand, False)
         return False
+
+    def _call_rule(self, call: ast.Call) -> tuple[str, list]:
+        """("full" | "not-full" | "all-parts", parts): how a call's precision is decided."""
+        analysis = self.analysis
+        dtype = cast_dtype(call, analysis.resolve)
+        if dtype is not None:
+            return ("full" if dtype != "float16" else "not-full"), []
+        name = call_name(call)
+        if name in NON_FLOAT_RESULTS:
+            return "full", []
+        qualified = analysis.resolve(call.func)
+        if qualified is not None and qualified.startswith("torch.") and name in FRESH_TENSOR_FUNCTIONS:
+            return ("not-full" if self._may_be_fp16_dtype(call) else "full"), []
+        region = analysis.context(call).innermost_region
+        if region is not None and region.may_be_enabled:
+            # autocast picks the precision here: float32 only for its float32 list (on CUDA)
+            return ("full" if name in CUDA_FLOAT32_OPS and not region.is_cpu else "not-full"), []
+        if qualified is None and isinstance(call.func, ast.Attribute) and name not in ("to", "type"):
+            return "all-parts", [call.func.value]  # x.view(...), x.masked_fill(...)
+        if qualified is not None and qualified.startswith("torch.") and call.args:
+            return "all-parts", list(call.args)  # torch.triu(mask)
+        return "not-full", []
+
+    def _in_enabled_region(self, node: ast.AST) -> bool:
+        region = self.analysis.context(node).innermost_region
+        return region is not None and region.may_be_enabled  # `a @ b` is float16 there, whatever a and b are
 
     def _may_be_fp16_dtype(self, call: ast.Call) -> bool:
         """A fresh-tensor call whose ``dtype=`` is float16 or not a literal."""
         dtype_node = next((kw.value for kw in call.keywords if kw.arg == "dtype"), None)
         if dtype_node is None:
             return False
-        return literal_dtype(dtype_node, self.analysis) in ("float16", None)
-
-
-def literal_dtype(node: ast.AST, analysis: ModuleAnalysis) -> str | None:
-    """``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``, ``"other"`` for another torch dtype
-    (``torch.long``, ``torch.bool``), or None when the dtype is not a literal (``x.dtype``)."""
-    dtype = dtype_of(node, analysis.resolve)
-    if dtype is not None:
-        return dtype
-    qualified = analysis.resolve(node)
-    return "other" if qualified and qualified.startswith("torch.") else None
+        return literal_dtype(dtype_node, self.analysis.resolve) in ("float16", None)

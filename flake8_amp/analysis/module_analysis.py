@@ -1,8 +1,8 @@
 """One walk over the tree flake8 parsed, and the facts every rule asks of it.
 
-The walk records parents, nodes by type, imports and assignments. Everything else (the autocast
-regions around a node, whether the module trains, which names hold GradScalers) is derived on demand
-from those records and cached, so a rule pays only for what it asks.
+The walk records parents, nodes by type and imports. Everything else (the autocast regions around a
+node, the bindings that reach a name, which names hold GradScalers) is derived on demand from those
+records and cached, so a rule pays only for what it asks.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ import ast
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Collection, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, TypeVar
 
 from .autocast_regions import AutocastRegion, region_from_call
-from .qualified_names import ImportTable
-from .torch_api import GRAD_DISABLING_CONTEXTS, GRAD_SCALER_CONSTRUCTORS
+from .names import ImportTable
+from .torch_api import GRAD_DISABLING_CONTEXTS
+
+if TYPE_CHECKING:
+    from .project_index import ProjectIndex
 
 NodeT = TypeVar("NodeT", bound=ast.AST)
 DerivedT = TypeVar("DerivedT")
 FunctionNode = (ast.FunctionDef, ast.AsyncFunctionDef)
-_SCOPE_BOUNDARIES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,6 @@ class Context:
         """Inside a region that is (or may be) on, with no ``enabled=False`` region nested inside it."""
         region = self.innermost_region
         return region is not None and region.may_be_enabled
-
-    @property
-    def in_test(self) -> bool:
-        """Inside a pytest / unittest test function: tests exercise hazards on purpose."""
-        function = self.function
-        return isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) and function.name.startswith("test")
 
     @property
     def in_disabled_autocast(self) -> bool:
@@ -80,13 +76,19 @@ def call_name(call: ast.Call) -> str | None:
 class ModuleAnalysis:
     """Everything the rules know about one module."""
 
-    def __init__(self, tree: ast.Module, precision: str | None = None) -> None:
+    def __init__(
+        self, tree: ast.Module, precision: str | None = None, path: str | None = None, project: "ProjectIndex | None" = None
+    ) -> None:
         self.tree = tree
         self.configured_precision = precision
+        #: the file's path as the front end named it, or None (source text)
+        self.path = path
+        #: facts about the rest of the project (None: this module alone)
+        self.project = project
         self.imports = ImportTable()
+        self._star_imports_bound = False
         self.parents: dict[ast.AST, ast.AST] = {}
         self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
-        self.assignments: dict[str, list[ast.expr]] = defaultdict(list)
         self._contexts: dict[ast.AST, Context] = {}
         self._derived: dict[Callable, object] = {}
         self._walk()
@@ -122,20 +124,9 @@ class ModuleAnalysis:
                     push(value)
         for node in by_type[ast.Import] + by_type[ast.ImportFrom]:
             self.imports.add(node)  # type: ignore[arg-type]
-        for node in by_type[ast.Assign]:
-            for target in node.targets:  # type: ignore[attr-defined]
-                self._record_assignment(target, node.value)  # type: ignore[attr-defined]
-        for node in by_type[ast.AnnAssign]:
-            if node.value is not None:  # type: ignore[attr-defined]
-                self._record_assignment(node.target, node.value)  # type: ignore[attr-defined]
-
-    def _record_assignment(self, target: ast.AST, value: ast.expr) -> None:
-        key = binding_key(target)
-        if key is not None:
-            self.assignments[key].append(value)
 
     def derived(self, factory: Callable[["ModuleAnalysis"], DerivedT]) -> DerivedT:
-        """A heavier analysis built on this one (e.g. LowPrecisionFlow), built once per module."""
+        """A heavier analysis built on this one (Bindings, LowPrecisionFlow ...), built once per module."""
         if factory not in self._derived:
             self._derived[factory] = factory(self)
         return self._derived[factory]  # type: ignore[return-value]
@@ -187,7 +178,20 @@ class ModuleAnalysis:
         return positions
 
     def resolve(self, node: ast.AST) -> str | None:
-        return self.imports.resolve(node)
+        qualified = self.imports.resolve(node)
+        if qualified is None and self.imports.star_modules and not self._star_imports_bound:
+            self._bind_star_imports()
+            qualified = self.imports.resolve(node)
+        return qualified
+
+    def _bind_star_imports(self) -> None:
+        """``from models import *``: the names the project index reads off ``models`` (``torch`` among them)."""
+        self._star_imports_bound = True
+        if self.project is None or not self.path:
+            return
+        for module in self.imports.star_modules:
+            for local, qualified in self.project.star_bindings(self.path, module).items():
+                self.imports.bind(local, qualified)
 
     def statement_of(self, node: ast.AST) -> ast.stmt:
         while not isinstance(node, ast.stmt):
@@ -196,22 +200,6 @@ class ModuleAnalysis:
 
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         return self.context(node).function  # type: ignore[return-value]
-
-    def bound_values(self, node: ast.AST) -> list[ast.expr]:
-        """The values assigned (anywhere in the module) to the name or ``self.attr`` in ``node``."""
-        key = binding_key(node)
-        return self.assignments.get(key, []) if key else []
-
-    def constructed_classes(self, node: ast.AST) -> set[str]:
-        """Qualified names of the classes whose instances ``node`` may hold (``crit = nn.BCELoss()``)."""
-        classes = set()
-        for value in self.bound_values(node):
-            for candidate in _alternatives(value):
-                if isinstance(candidate, ast.Call):
-                    qualified = self.resolve(candidate.func)
-                    if qualified:
-                        classes.add(qualified)
-        return classes
 
     # ---------------------------------------------------------------- contexts
     def context(self, node: ast.AST) -> Context:
@@ -235,6 +223,9 @@ class ModuleAnalysis:
     def _child_context(self, parent: ast.AST, child: ast.AST, parent_context: Context) -> Context:
         if isinstance(parent, FunctionNode) and isinstance(child, ast.stmt):
             regions, grad_disabled = self._decorator_effects(parent)
+            if not regions:
+                inherited = self._inherited_region(parent)
+                regions = (inherited,) if inherited is not None else ()
             return Context(function=parent, regions=regions, grad_disabled=grad_disabled)
         if isinstance(parent, ast.Lambda) and child is parent.body:
             return Context(function=parent, regions=(), grad_disabled=False)
@@ -254,6 +245,14 @@ class ModuleAnalysis:
             return Context(parent_context.function, tuple(regions), grad_disabled)
         return parent_context
 
+    def _inherited_region(self, function: ast.AST) -> AutocastRegion | None:
+        """The region a call reaches this function from (see :mod:`.summaries`)."""
+        if not self.regions and self.project is None:
+            return None
+        from .summaries import Summaries  # summaries are derived from this analysis
+
+        return self.derived(Summaries).inherited_region(function)
+
     def _decorator_effects(self, function: ast.AST) -> tuple[tuple[AutocastRegion, ...], bool]:
         regions = []
         grad_disabled = False
@@ -272,13 +271,18 @@ class ModuleAnalysis:
         (``ctx = nullcontext() if cpu else torch.autocast("cuda")`` ... ``with ctx:``)."""
         if isinstance(expr, ast.Call):
             return region_from_call(expr, owner, self.resolve)
+        if not isinstance(expr, (ast.Name, ast.Attribute)):
+            return None
+        from .bindings import Bindings, alternatives  # bindings are derived from this analysis
+
         found = []
-        for value in self.bound_values(expr):
-            for candidate in _alternatives(value):
+        for value in self.derived(Bindings).bound_values(expr):
+            options = alternatives(value)  # type: ignore[arg-type]
+            for candidate in options:
                 if isinstance(candidate, ast.Call):
                     region = region_from_call(candidate, owner, self.resolve)
                     if region is not None:
-                        found.append((region, len(_alternatives(value)) > 1))
+                        found.append((region, len(options) > 1))
         if not found:
             return None
         region, conditional = found[0]
@@ -318,39 +322,6 @@ class ModuleAnalysis:
     @cached_property
     def uses_autocast(self) -> bool:
         return bool(self.regions)
-
-    @cached_property
-    def grad_scaler_constructions(self) -> list[ast.Call]:
-        return self.calls_to(GRAD_SCALER_CONSTRUCTORS)
-
-    @cached_property
-    def uses_grad_scaler(self) -> bool:
-        if self.grad_scaler_constructions:
-            return True
-        names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
-        if any(
-            node.attr in names and self.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in self.nodes(ast.Attribute)
-        ):
-            return True
-        # A bare name refers to a GradScaler class only if an import binds it to one.
-        aliases = self.imports.local_names_for(GRAD_SCALER_CONSTRUCTORS)
-        return bool(aliases) and any(node.id in aliases for node in self.nodes(ast.Name))
-
-    @cached_property
-    def trains(self) -> bool:
-        """The module runs training: it calls ``backward``, ``zero_grad`` or builds an optimizer, or
-        uses autocast or a GradScaler."""
-        if self.uses_autocast or self.uses_grad_scaler:
-            return True
-        for call in self.calls_named("backward", "zero_grad"):
-            # `fused_softmax_cuda.backward(...)` inside a custom Function calls an extension module
-            if isinstance(call.func, ast.Attribute) and self.resolve(call.func.value) is None:
-                return True
-        for call in self.calls:
-            qualified = self.resolve(call.func)
-            if qualified and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:
-                return True
-        return False
 
 
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
@@ -393,12 +364,3 @@ def method_chain_root(expr: ast.expr) -> ast.expr:
     while isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
         expr = expr.func.value
     return expr
-
-
-def _alternatives(value: ast.expr) -> list[ast.expr]:
-    """The values an expression may evaluate to: both arms of ``a if c else b``, each of ``a or b``."""
-    if isinstance(value, ast.IfExp):
-        return _alternatives(value.body) + _alternatives(value.orelse)
-    if isinstance(value, ast.BoolOp):
-        return [alt for operand in value.values for alt in _alternatives(operand)]
-    return [value]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import re
 
 from .module_analysis import ModuleAnalysis
 from .torch_api import DTYPE_NAMES
@@ -44,19 +43,3 @@ def module_precision(analysis: ModuleAnalysis) -> str | None:
     if "bfloat16" in seen:
         return BF16
     return None
-
-
-_PRECISION_SETTING = re.compile(r"fp16|bf16|half|float16|bfloat16|dtype|precision|amp", re.I)
-
-
-def guarded_by_precision_setting(analysis: ModuleAnalysis, node: ast.AST) -> bool:
-    """Whether ``node`` runs only under a condition on a precision setting (``if args.fp16:``,
-    ``if self.input_in_fp16:``, ``if dtype == torch.float16:``): code that implements a configurable
-    precision on purpose, rather than casting by accident."""
-    child, parent = node, analysis.parents.get(node)
-    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-        if isinstance(parent, (ast.If, ast.IfExp, ast.While)) and child is not parent.test:
-            if _PRECISION_SETTING.search(ast.unparse(parent.test)):
-                return True
-        child, parent = parent, analysis.parents.get(parent)
-    return False

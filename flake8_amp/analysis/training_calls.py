@@ -1,30 +1,71 @@
-"""Recognising the objects of a training step: GradScalers, optimizers, tensor ``backward()`` calls,
-and which branch of which ``if`` a call sits in.
+"""The objects and calls of a training step: GradScalers, optimizers, ``backward()`` calls, and the
+sequence of training events in each function.
 
 A scaler is rarely constructed where it is used (``def train_one_epoch(model, loader, optimizer,
 scaler)``), so besides names bound to a GradScaler constructor, any receiver ``S`` of the recipe's
 unmistakable ``S.scale(loss).backward()`` counts as one.
+
+``loss.backward()`` is a tensor's backward; ``optimizer.backward(loss)``, ``accelerator.backward(loss)``
+and ``self.manual_backward(loss)`` hand the loss to an object that runs the mixed-precision recipe
+itself (apex/fairseq optimizer wrappers, accelerate, Lightning, DeepSpeed engines).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from collections import defaultdict
+from dataclasses import dataclass
 from functools import cached_property
 
-from .module_analysis import FunctionNode, ModuleAnalysis, call_name
+from .bindings import Bindings
+from .module_analysis import ModuleAnalysis, call_name
+from .source_text import excerpt
+from .torch_api import GRAD_SCALER_CONSTRUCTORS
 
-_OPTIMIZER_NAME = re.compile(r"(^|_)(optim|optimizer|opt)\d*$|optimizer$", re.I)
+_OPTIMIZER_NAME = re.compile(r"(^|_)(optim|opt)(\d+|_[a-z0-9]+)?$|optimi[sz]er", re.I)
 # Objects whose .backward(loss) runs the whole mixed-precision recipe (or is not a tensor's backward).
 _WRAPPER_NAME = re.compile(r"accelerator|fabric|engine|trainer|strategy|precision|deepspeed|scaler", re.I)
+# A tensor's backward takes a gradient, not a loss: `y.backward(torch.ones_like(y))`, `y.backward(grad)`.
+_GRADIENT_ARGUMENT = re.compile(r"grad|ones_like|ones\(", re.I)
+CLIPPERS = frozenset(
+    {
+        "torch.nn.utils.clip_grad_norm_",
+        "torch.nn.utils.clip_grad_value_",
+        "torch.nn.utils.clip_grad.clip_grad_norm_",
+        "torch.nn.utils.clip_grad.clip_grad_value_",
+    }
+)
 
-Branch = tuple[ast.AST, str]  # (an If / IfExp / loop / Try node, the field the node sits in)
+# The kinds of training events, in the order a correct step has them.
+SCALED_BACKWARD = "scaled_backward"
+PLAIN_BACKWARD = "plain_backward"
+WRAPPER_BACKWARD = "wrapper_backward"
+UNSCALE = "unscale"
+CLIP = "clip"
+SCALER_STEP = "scaler_step"
+DIRECT_STEP = "direct_step"
+UPDATE = "update"
+ZERO_GRAD = "zero_grad"
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    kind: str
+    call: ast.Call
+    #: the scaler's source text for scaler events, the optimizer's for steps, unscale_ and zero_grad
+    scaler: str | None = None
+    optimizer: str | None = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.call.lineno, self.call.col_offset
 
 
 def receiver_text(call: ast.Call) -> str | None:
     """``scaler`` for ``scaler.step(opt)``, ``self.scaler`` for ``self.scaler.update()``."""
     if isinstance(call.func, ast.Attribute):
-        return ast.unparse(call.func.value)
+        return excerpt(call.func.value, limit=None)
     return None
 
 
@@ -33,16 +74,53 @@ class TrainingCalls:
 
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
+        self.bindings = analysis.derived(Bindings)
 
+    # ---------------------------------------------------------------- module facts
+    @cached_property
+    def grad_scaler_constructions(self) -> list[ast.Call]:
+        return self.analysis.calls_to(GRAD_SCALER_CONSTRUCTORS)
+
+    @cached_property
+    def uses_grad_scaler(self) -> bool:
+        if self.grad_scaler_constructions:
+            return True
+        analysis = self.analysis
+        names = {qualified.rpartition(".")[2] for qualified in GRAD_SCALER_CONSTRUCTORS}
+        if any(node.attr in names and analysis.resolve(node) in GRAD_SCALER_CONSTRUCTORS for node in analysis.nodes(ast.Attribute)):
+            return True
+        # A bare name refers to a GradScaler class only if an import binds it to one.
+        aliases = analysis.imports.local_names_for(GRAD_SCALER_CONSTRUCTORS)
+        return bool(aliases) and any(node.id in aliases for node in analysis.nodes(ast.Name))
+
+    @cached_property
+    def trains(self) -> bool:
+        """The module runs training: it calls ``backward``, ``zero_grad`` or builds an optimizer, or
+        uses autocast or a GradScaler."""
+        analysis = self.analysis
+        if analysis.uses_autocast or self.uses_grad_scaler:
+            return True
+        for call in analysis.calls_named("backward", "zero_grad"):
+            # `fused_softmax_cuda.backward(...)` inside a custom Function calls an extension module
+            if isinstance(call.func, ast.Attribute) and analysis.resolve(call.func.value) is None:
+                return True
+        return any(self.is_optimizer_construction(call) for call in analysis.calls)
+
+    def is_optimizer_construction(self, call: ast.Call) -> bool:
+        qualified = self.analysis.resolve(call.func)
+        return bool(qualified) and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified  # type: ignore[union-attr]
+
+    # ---------------------------------------------------------------- objects
     @cached_property
     def scalers(self) -> frozenset[str]:
         """Source texts of the expressions that hold a GradScaler."""
         found = set()
-        constructions = set(self.analysis.grad_scaler_constructions)
-        if constructions:
-            for key, values in self.analysis.assignments.items():
-                if any(value in constructions for value in values):
-                    found.add(key)
+        constructions = set(self.grad_scaler_constructions)
+        for call in constructions:
+            statement = self.analysis.parents.get(call)
+            if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+                targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+                found.update(excerpt(target, limit=None) for target in targets if isinstance(target, (ast.Name, ast.Attribute)))
         for call in self.analysis.calls_named("backward"):
             # S.scale(loss).backward()
             if isinstance(call.func, ast.Attribute):
@@ -51,38 +129,66 @@ class TrainingCalls:
                     text = receiver_text(inner)
                     if text:
                         found.add(text)
+        for call in self.analysis.calls_named("unscale_"):
+            # only a GradScaler has unscale_(optimizer): a scaler handed in as a parameter
+            text = receiver_text(call)
+            if text and len(call.args) == 1:
+                found.add(text)
         return frozenset(found)
 
     def is_scaler(self, node: ast.AST) -> bool:
-        return ast.unparse(node) in self.scalers
+        return excerpt(node, limit=None) in self.scalers
 
     def scaler_method(self, call: ast.Call, *methods: str) -> str | None:
         """The scaler's text when ``call`` is ``<scaler>.<method>(...)`` for one of ``methods``."""
         if isinstance(call.func, ast.Attribute) and call.func.attr in methods:
-            text = ast.unparse(call.func.value)
+            text = receiver_text(call)
             if text in self.scalers:
                 return text
         return None
 
     def is_optimizer(self, node: ast.AST) -> bool:
-        for qualified in self.analysis.constructed_classes(node):
-            if qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified:
+        """Built by a ``torch.optim`` class, handed to a scaler's ``step`` / ``unscale_`` (which take
+        nothing else), or named like one (``optimizer``, ``opt_d``, ``self.optim``)."""
+        for value in self.bindings.bound_values(node):
+            if isinstance(value, ast.Call) and self.is_optimizer_construction(value):
                 return True
+        if excerpt(node, limit=None) in self._stepped_by_a_scaler:
+            return True
         identifier = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
         return bool(_OPTIMIZER_NAME.search(identifier))
 
+    @cached_property
+    def _stepped_by_a_scaler(self) -> frozenset[str]:
+        return frozenset(
+            excerpt(call.args[0], limit=None)
+            for call in self.analysis.calls_named("step", "unscale_")
+            if call.args and self.scaler_method(call, "step", "unscale_")
+        )
+
+    # ---------------------------------------------------------------- backward calls
     def is_tensor_backward(self, call: ast.Call) -> bool:
-        """``loss.backward()``, ``scaler.scale(loss).backward()``; not ``accelerator.backward(loss)``,
-        ``engine.backward(loss)`` or an extension module's ``backward``."""
+        """``loss.backward()``, ``scaler.scale(loss).backward()``, ``y.backward(grad)``; not
+        ``accelerator.backward(loss)``, ``optimizer.backward(loss)`` or an extension module's backward."""
         func = call.func
         if not isinstance(func, ast.Attribute) or func.attr != "backward":
             return False
+        if call.args and not _GRADIENT_ARGUMENT.search(excerpt(call.args[0], limit=None)):
+            return False  # X.backward(loss): X runs the backward of the loss it is handed
         receiver = func.value
         if isinstance(receiver, ast.Call):
-            return call_name(receiver) == "scale" or not _WRAPPER_NAME.search(ast.unparse(receiver.func))
+            return call_name(receiver) == "scale" or not _WRAPPER_NAME.search(excerpt(receiver.func, limit=None))
         if self.analysis.resolve(receiver) is not None:
             return False  # an imported module's backward(): a custom op, not a tensor
-        return not _WRAPPER_NAME.search(ast.unparse(receiver))
+        return not _WRAPPER_NAME.search(excerpt(receiver, limit=None))
+
+    def is_wrapper_backward(self, call: ast.Call) -> bool:
+        """``optimizer.backward(loss)``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``:
+        the loss is handed to an object that scales it (or has no scaler to bypass)."""
+        name = call_name(call)
+        if name not in ("backward", "manual_backward") or not call.args:
+            return False
+        return not self.is_tensor_backward(call) and self.analysis.resolve(call.func) is None
 
     def is_scaled_backward(self, call: ast.Call) -> bool:
         func = call.func
@@ -93,30 +199,49 @@ class TrainingCalls:
             and self.scaler_method(func.value, "scale") is not None
         )
 
+    # ---------------------------------------------------------------- events
+    @cached_property
+    def _events(self) -> dict[ast.AST | None, list[TrainingEvent]]:
+        analysis = self.analysis
+        events: dict[ast.AST | None, list[TrainingEvent]] = defaultdict(list)
+        for call in analysis.calls_to(CLIPPERS, or_named=("backward", "manual_backward", "step", "update", "unscale_", "zero_grad")):
+            event = self._classify(call)
+            if event is not None:
+                events[analysis.context(call).function].append(event)
+        for function_events in events.values():
+            function_events.sort(key=lambda event: event.position)
+        return events
 
-def branches(node: ast.AST, analysis: ModuleAnalysis) -> list[Branch]:
-    """The conditional branches around ``node`` inside its function, outermost first: each enclosing
-    ``if`` (with "body" or "orelse"), ``try`` handler and conditional expression."""
-    path: list[Branch] = []
-    child, parent = node, analysis.parents.get(node)
-    while parent is not None and not isinstance(parent, (*FunctionNode, ast.Lambda, ast.ClassDef)):
-        if isinstance(parent, (ast.If, ast.IfExp)) and child is not parent.test:
-            field = "body" if _within(child, parent.body) else "orelse"
-            path.append((parent, field))
-        elif isinstance(parent, ast.ExceptHandler):
-            path.append((parent, "handler"))
-        child, parent = parent, analysis.parents.get(parent)
-    path.reverse()
-    return path
+    def events(self, scope: ast.AST | None) -> list[TrainingEvent]:
+        """The training events of one function (None: the module body), in source order."""
+        return self._events.get(scope, [])
 
+    @property
+    def scopes_with_events(self) -> list[ast.AST | None]:
+        return list(self._events)
 
-def _within(child: ast.AST, block: list[ast.stmt] | ast.expr) -> bool:
-    if isinstance(block, list):
-        return any(child is statement for statement in block)
-    return child is block
-
-
-def mutually_exclusive(a: list[Branch], b: list[Branch]) -> bool:
-    """Two branch paths that can never both run in one pass: opposite arms of the same ``if``."""
-    arms = dict(a)
-    return any(node in arms and arms[node] != field for node, field in b)
+    def _classify(self, call: ast.Call) -> TrainingEvent | None:
+        name = call_name(call)
+        if name in ("backward", "manual_backward"):
+            if self.is_scaled_backward(call):
+                inner = call.func.value  # type: ignore[attr-defined]
+                return TrainingEvent(SCALED_BACKWARD, call, scaler=receiver_text(inner))
+            if self.is_tensor_backward(call):
+                return TrainingEvent(PLAIN_BACKWARD, call)
+            if self.is_wrapper_backward(call):
+                return TrainingEvent(WRAPPER_BACKWARD, call)
+            return None
+        scaler = self.scaler_method(call, "step", "update", "unscale_")
+        if scaler is not None:
+            optimizer = excerpt(call.args[0], limit=None) if call.args else None
+            kind = {"step": SCALER_STEP, "update": UPDATE, "unscale_": UNSCALE}[name]  # type: ignore[index]
+            return TrainingEvent(kind, call, scaler=scaler, optimizer=optimizer)
+        func = call.func
+        if name in ("step", "zero_grad") and isinstance(func, ast.Attribute) and self.is_optimizer(func.value):
+            if name == "step" and call.args:
+                return None  # scheduler.step(epoch), a closure-taking optimizer: not a plain step
+            kind = DIRECT_STEP if name == "step" else ZERO_GRAD
+            return TrainingEvent(kind, call, optimizer=receiver_text(call))
+        if self.analysis.resolve(func) in CLIPPERS:
+            return TrainingEvent(CLIP, call)
+        return None

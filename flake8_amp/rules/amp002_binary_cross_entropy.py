@@ -1,11 +1,13 @@
-"""AMP002: binary_cross_entropy / BCELoss, which CUDA autocast refuses to run."""
+"""AMP002: binary_cross_entropy / BCELoss where it runs under autocast, which refuses to run it."""
 
 from __future__ import annotations
 
 import ast
 from typing import Iterator
 
-from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.bindings import Bindings
+from ..analysis.module_analysis import ModuleAnalysis, binding_key
+from ..analysis.summaries import Summaries
 from .base import Finding, Rule, Severity
 
 _UNSAFE = {
@@ -26,27 +28,90 @@ class BinaryCrossEntropy(Rule):
     code = "AMP002"
     name = "unsafe-binary-cross-entropy"
     severity = Severity.HIGH
-    summary = "binary_cross_entropy / BCELoss raise under CUDA autocast"
+    summary = "binary_cross_entropy / BCELoss where it runs under autocast, which raises on CUDA"
     why = "torch refuses to autocast binary_cross_entropy: the forward raises a RuntimeError under CUDA autocast"
     fix = "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on logits"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        if not (
-            analysis.uses_autocast
-            or analysis.uses_grad_scaler
-            or any(analysis.imports.imports_from(framework) for framework in _AUTOCASTING_FRAMEWORKS)
-        ):
-            return  # float32-only code: binary_cross_entropy is fine there
         aliases = analysis.imports.local_names_for(set(_UNSAFE))
         candidates = [n for n in analysis.nodes(ast.Name) if n.id in aliases]
         candidates += [n for n in analysis.nodes(ast.Attribute) if n.attr in _UNSAFE_NAMES]
-        for node in candidates:
-            if isinstance(node.ctx, ast.Store):
+        candidates = [n for n in candidates if isinstance(n.ctx, ast.Load) and analysis.resolve(n) in _UNSAFE]
+        if not candidates:
+            return
+        framework = any(analysis.imports.imports_from(framework) for framework in _AUTOCASTING_FRAMEWORKS)
+        for node in sorted(candidates, key=lambda n: (n.lineno, n.col_offset)):  # type: ignore[attr-defined]
+            short = _UNSAFE[analysis.resolve(node)]  # type: ignore[index]
+            where = _runs_under_autocast(node, short, analysis)
+            if framework or where is not None:
+                yield self.finding(node, f"{short} is unsafe to autocast{where or ''}", fix=f"use {_SAFE_REPLACEMENT[short]}")
+
+
+def _runs_under_autocast(node: ast.AST, short: str, analysis: ModuleAnalysis) -> str | None:
+    """None, or "" (or, where only a caller shows it, why) when the loss runs under autocast. Where the loss is computed: its call (``F.binary_cross_entropy(p, y)``), or, for ``BCELoss``, the
+    calls of the instance, in an enabled autocast region (this module's, or the one its function is
+    called in). A function object or instance handed elsewhere (``loss_fn=F.binary_cross_entropy``,
+    ``train(model, criterion)``) may be called anywhere: it counts where the module uses autocast."""
+    parent = analysis.parents.get(node)
+    if short == "binary_cross_entropy":
+        if isinstance(parent, ast.Call) and parent.func is node:
+            return _in_enabled_region(parent, analysis)
+        return _module_runs_autocast(analysis)
+    # nn.BCELoss: find where the instance is called
+    if not (isinstance(parent, ast.Call) and parent.func is node):
+        return _module_runs_autocast(analysis)
+    construction = parent
+    holder = analysis.parents.get(construction)
+    if isinstance(holder, ast.Call) and holder.func is construction:
+        return _in_enabled_region(holder, analysis)  # nn.BCELoss()(p, y)
+    keys = _bound_keys(construction, analysis)
+    if not keys:
+        return _module_runs_autocast(analysis)
+    bindings = analysis.derived(Bindings)
+    owner = _enclosing_class(construction, bindings)
+    for key in keys:
+        for read in _reads_of(key, analysis):
+            if key.startswith("self."):
+                if _enclosing_class(read, bindings) is not owner:
+                    continue  # another class's attribute of the same name
+            elif not any(binding.value is construction for binding in bindings.reaching(read)):
                 continue
-            qualified = analysis.resolve(node)
-            if qualified in _UNSAFE:
-                region = analysis.context(node).innermost_region
-                if region is not None and region.enabled is False:
-                    continue  # the documented workaround: BCE on .float() inputs with autocast off
-                short = _UNSAFE[qualified]
-                yield self.finding(node, f"{short} is unsafe to autocast", fix=f"use {_SAFE_REPLACEMENT[short]}")
+            read_parent = analysis.parents.get(read)
+            if isinstance(read_parent, ast.Call) and read_parent.func is read:
+                where = _in_enabled_region(read_parent, analysis)
+                if where is not None:
+                    return where
+            elif not isinstance(read_parent, ast.Attribute) and _module_runs_autocast(analysis) is not None:
+                return ""  # handed elsewhere: it may be called under autocast there
+    return None
+
+
+def _enclosing_class(node: ast.AST, bindings: Bindings) -> ast.AST | None:
+    scope = bindings.scope_of(node)
+    while scope is not None and not isinstance(scope, ast.ClassDef):
+        scope = bindings.scope_of(scope)
+    return scope
+
+
+def _in_enabled_region(node: ast.AST, analysis: ModuleAnalysis) -> str | None:
+    region = analysis.context(node).innermost_region
+    return region.reason() if region is not None and region.may_be_enabled else None
+
+
+def _module_runs_autocast(analysis: ModuleAnalysis) -> str | None:
+    return "" if analysis.uses_autocast or analysis.derived(Summaries).runs_under_autocast else None
+
+
+def _bound_keys(construction: ast.Call, analysis: ModuleAnalysis) -> list[str]:
+    statement = analysis.parents.get(construction)
+    if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        return [key for target in targets if (key := binding_key(target))]
+    return []
+
+
+def _reads_of(key: str, analysis: ModuleAnalysis) -> list[ast.AST]:
+    if key.startswith("self."):
+        attr = key[len("self.") :]
+        return [n for n in analysis.nodes(ast.Attribute) if n.attr == attr and binding_key(n) == key and isinstance(n.ctx, ast.Load)]
+    return [n for n in analysis.nodes(ast.Name) if n.id == key and isinstance(n.ctx, ast.Load)]

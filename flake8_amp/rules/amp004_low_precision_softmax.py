@@ -5,10 +5,11 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.low_precision import LowPrecisionFlow, cast_dtype
+from ..analysis.dtypes import cast_dtype
+from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.source_text import excerpt
 from .base import Finding, Rule, Severity
-from .source_text import excerpt
 
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax", "softmin"})
 _SOFTMAX_FUNCTIONS = frozenset(
@@ -67,7 +68,7 @@ class LowPrecisionSoftmax(Rule):
             else:
                 flow = flow or analysis.derived(LowPrecisionFlow)
                 origin = flow.origin(value)
-                if origin is not None and context.in_disabled_autocast:
+                if origin is not None and origin.kind == "autocast" and context.in_disabled_autocast:
                     reason = f"it is {origin.dtype_label} from the enclosing autocast region and autocast is off here"
                 elif origin is not None and origin.kind == "cast":
                     reason = f"it was cast to {origin.dtype_label} at line {origin.line}"
@@ -76,4 +77,4 @@ class LowPrecisionSoftmax(Rule):
 
 
 def _is_full_precision_cast(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    return isinstance(node, ast.Call) and cast_dtype(node, analysis) in ("float32", "float64")
+    return isinstance(node, ast.Call) and cast_dtype(node, analysis.resolve) in ("float32", "float64")

@@ -7,8 +7,8 @@ from typing import Iterator
 
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.source_text import as_operand, excerpt
 from .base import Finding, Rule, Severity
-from .source_text import as_operand, excerpt
 
 _REDUCTIONS = frozenset({"sum", "mean", "var", "std", "norm", "prod", "cumsum", "cumprod", "nansum", "nanmean"})
 # Reductions without a dtype= parameter: the fix is to cast first.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
-from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.torch_api import AUTOGRAD_FUNCTION_BASES, CUSTOM_BWD, CUSTOM_FWD
+from ..analysis.bindings import Bindings
+from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.summaries import Summaries
+from ..analysis.torch_api import CUSTOM_BWD, CUSTOM_FWD
 from .base import Finding, Rule, Severity
 
 # Ops that CUDA autocast runs in float16: a Function using them sees float16 in forward (under
@@ -22,6 +25,8 @@ _REQUIRED = {
     "forward": (CUSTOM_FWD, "@torch.amp.custom_fwd(device_type='cuda')"),
     "backward": (CUSTOM_BWD, "@torch.amp.custom_bwd(device_type='cuda')"),
 }
+# Compiled kernels: an extension module (`import fused_layer_norm_cuda`, `from . import _C`) or torch.ops.
+_EXTENSION_MODULE = re.compile(r"(^|[._])(_C|_ext|ext|cuda|cpp|kernels?|ops|_cuda|_kernels?)$|_cuda\.|_C\.|^torch\.ops\.")
 
 
 class CustomFunctionWithoutCustomFwd(Rule):
@@ -33,24 +38,44 @@ class CustomFunctionWithoutCustomFwd(Rule):
     fix = "decorate forward with @torch.amp.custom_fwd(device_type=...) and backward with @torch.amp.custom_bwd(...)"
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        summaries = None
         for cls in analysis.nodes(ast.ClassDef):
-            if not any(analysis.resolve(base) in AUTOGRAD_FUNCTION_BASES for base in cls.bases):
+            summaries = summaries or analysis.derived(Summaries)
+            if not summaries.is_autograd_function(cls):
                 continue
-            if not _uses_autocast_float16_ops(cls) or not _has_working_backward(cls):
+            methods = {
+                method.name: method
+                for method in cls.body
+                if isinstance(method, ast.FunctionDef) and method.name in _REQUIRED
+            }
+            decorated = {name: _decorated(method, name, analysis) for name, method in methods.items()}
+            if len(methods) == 2 and any(decorated.values()):
+                reason = "its {other} is decorated"  # half of the pair: the author meant it to be autocast-aware
+            elif _uses_autocast_float16_ops(cls) and _has_working_backward(cls):
+                reason = None
+            elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
+                reason = "it runs compiled kernels under autocast"
+            else:
                 # Communication, indexing, elementwise ops pass dtypes through unchanged; a Function
                 # without a backward (or whose backward raises) is inference-only.
                 continue
-            for method in cls.body:
-                if not isinstance(method, ast.FunctionDef) or method.name not in _REQUIRED:
+            for name, method in methods.items():
+                if decorated[name]:
                     continue
-                decorators, spelled = _REQUIRED[method.name]
-                if not any(_is_amp_decorator(d, decorators, analysis) for d in method.decorator_list):
-                    yield self.finding(
-                        method,
-                        f"autograd.Function {cls.name}.{method.name} lacks {spelled.partition('(')[0]}",
-                        fix=f"decorate it with {spelled}"
-                        + (" (cast_inputs=torch.float32 to run it in float32)" if method.name == "forward" else ""),
-                    )
+                decorators, spelled = _REQUIRED[name]
+                other = "backward" if name == "forward" else "forward"
+                why = f": {reason.format(other=other)}" if reason else ""
+                yield self.finding(
+                    method,
+                    f"autograd.Function {cls.name}.{name} lacks {spelled.partition('(')[0]}{why}",
+                    fix=f"decorate it with {spelled}"
+                    + (" (cast_inputs=torch.float32 to run it in float32)" if name == "forward" else ""),
+                )
+
+
+def _decorated(method: ast.FunctionDef, name: str, analysis: ModuleAnalysis) -> bool:
+    accepted = _REQUIRED[name][0]
+    return any(_is_amp_decorator(decorator, accepted, analysis) for decorator in method.decorator_list)
 
 
 def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
@@ -65,7 +90,7 @@ def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: M
         identifier = target.id if isinstance(target, ast.Name) else target.attr
         if identifier.endswith(suffix):
             return True
-    for value in analysis.bound_values(target):
+    for value in analysis.derived(Bindings).bound_values(target):
         if isinstance(value, ast.Call) and analysis.resolve(value.func) == "functools.partial" and value.args:
             value = value.args[0]
         if analysis.resolve(value) in accepted:
@@ -77,12 +102,32 @@ def _uses_autocast_float16_ops(cls: ast.ClassDef) -> bool:
     for node in ast.walk(cls):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             return True
-        if isinstance(node, ast.Call):
-            func = node.func
-            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
-            if name in _AUTOCAST_FLOAT16_OPS:
+        if isinstance(node, ast.Call) and call_name(node) in _AUTOCAST_FLOAT16_OPS:
+            return True
+    return False
+
+
+def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
+    """A call through a compiled extension module or ``torch.ops`` in the Function's methods."""
+    bindings = analysis.derived(Bindings)
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = node.func.value
+            qualified = analysis.resolve(receiver) or ""
+            if qualified.startswith("torch.ops.") or (qualified and not qualified.startswith("torch.") and _EXTENSION_MODULE.search(qualified)):
+                return True
+            # ext = torch.utils.cpp_extension.load(name="ext", sources=[...])
+            if any(
+                (analysis.resolve(value.func) or "").startswith("torch.utils.cpp_extension.load")
+                for value in bindings.constructions(receiver)
+            ):
                 return True
     return False
+
+
+def _used_under_autocast(cls: ast.ClassDef, summaries: Summaries) -> bool:
+    forward = summaries.method(cls, "forward")
+    return forward is not None and summaries.inherited_region(forward) is not None
 
 
 def _has_working_backward(cls: ast.ClassDef) -> bool:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values, literal_dtype
-from ..analysis.literals import overflows_fp16
+from ..analysis.bindings import Bindings
+from ..analysis.constants import constant_value, is_int_constant, overflows_fp16
+from ..analysis.dtypes import literal_dtype
+from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.numeric_constants import constant_value, is_int_constant, reaching_bindings
-from ..analysis.precision import BF16, FP16 as FP16_PRECISION, module_precision
+from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
+from ..analysis.source_text import excerpt
+from ..analysis.training_calls import TrainingCalls
 from .base import Finding, Rule, Severity
-from .source_text import excerpt
 
 # Tensor methods whose result keeps the receiver's dtype -> position of the fill value.
 _FILL_METHODS = {"masked_fill": 1, "masked_fill_": 1, "fill_": 0, "new_full": 1, "where": 1}
@@ -40,16 +42,15 @@ class Fp16OverflowLiteral(Rule):
     summary = "A literal beyond float16's range (|x| > 65504, e.g. -1e9) filled or mixed into a tensor"
     why = "float16 turns it into inf (then NaN in softmax), or masked_fill raises 'value cannot be converted to type c10::Half without overflow'"
     fix = "use torch.finfo(x.dtype).min (or .max), which fits every dtype"
+    quiet_in_bf16 = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         precision = analysis.derived(module_precision)
-        if precision == BF16:
-            return
         # What an unknown dtype means: in fp16 code it may be float16; without any low-precision
         # evidence, only model code (an nn.Module that this module does not itself train in float32)
         # is code that some trainer may run under float16 autocast.
         unknown_may_be_fp16 = precision == FP16_PRECISION or (
-            precision is None and _defines_a_model(analysis) and not analysis.trains
+            precision is None and _defines_a_model(analysis) and not analysis.derived(TrainingCalls).trains
         )
         values = None
         for call in analysis.calls_named(*_FILL_NAMES):
@@ -58,7 +59,7 @@ class Fp16OverflowLiteral(Rule):
                 continue
             fill, tensor, dtype_node = site
             number = constant_value(fill, analysis)
-            if not overflows_fp16(number) or analysis.context(call).in_test:
+            if not overflows_fp16(number):
                 continue
             values = values or analysis.derived(Fp16Values)
             verdict = _fill_verdict(tensor, dtype_node, analysis, values)
@@ -69,16 +70,17 @@ class Fp16OverflowLiteral(Rule):
                     continue
                 if is_int_constant(fill) and not _floating_result(tensor, analysis):
                     continue  # an integer fill may well be for an index tensor
-            yield self.finding(fill, _fill_message(call, number))
+            yield self.finding(fill, _fill_message(call, number) + _reason(call, analysis))
         for node, constant, operand in _arithmetic(analysis):
             number = constant_value(constant, analysis)
             if not overflows_fp16(number):
                 continue
             values = values or analysis.derived(Fp16Values)
-            if values.verdict(operand) == FP16 and not analysis.context(node).in_test:
+            if values.verdict(operand) == FP16:
                 yield self.finding(
                     constant,
-                    f"{number:g} mixed into '{excerpt(operand)}', a float16 value, overflows float16 (max 65504)",
+                    f"{number:g} mixed into '{excerpt(operand)}', a float16 value, overflows float16 (max 65504)"
+                    + _reason(node, analysis),
                     fix="scale in float32 (.float() first) or keep the constant within 65504",
                 )
 
@@ -116,7 +118,7 @@ def _fill_verdict(
 ) -> str:
     """Whether the filled result is float16: from a literal ``dtype=``, else from the tensor."""
     if dtype_node is not None:
-        dtype = literal_dtype(dtype_node, analysis)
+        dtype = literal_dtype(dtype_node, analysis.resolve)
         if dtype == "float16":
             return FP16
         if dtype is not None:
@@ -147,7 +149,8 @@ def _floating_result(tensor: ast.expr | None, analysis: ModuleAnalysis, depth: i
             _floating_result(arg, analysis, depth + 1) for arg in tensor.args
         )
     if isinstance(tensor, ast.Name):
-        return any(_floating_result(value, analysis, depth + 1) for value in reaching_bindings(tensor, analysis))
+        values = analysis.derived(Bindings).reaching_values(tensor)
+        return any(_floating_result(value, analysis, depth + 1) for value in values)
     return False
 
 
@@ -167,6 +170,11 @@ def _fill_message(call: ast.Call, number: float) -> str:
     if name == "where":
         return f"{number:g} in {name}() becomes {'-' if number < 0 else ''}inf in float16 (max 65504)"
     return f"{number:g} as the fill value of {name}() overflows float16 (max 65504)"
+
+
+def _reason(node: ast.AST, analysis: ModuleAnalysis) -> str:
+    region = analysis.context(node).innermost_region
+    return region.reason() if region is not None else ""
 
 
 def _defines_a_model(analysis: ModuleAnalysis) -> bool:

@@ -12,13 +12,12 @@ import ast
 import math
 from typing import Iterator
 
+from ..analysis.constants import constant_value, rounds_to_zero_in_fp16
+from ..analysis.dtypes import FP16_MAX, cast_dtype
 from ..analysis.fp16_values import FP16, Fp16Values
-from ..analysis.low_precision import cast_dtype
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.numeric_constants import constant_value, rounds_to_zero_in_fp16
-from ..analysis.precision import BF16, module_precision
+from ..analysis.source_text import excerpt
 from .base import Finding, Rule, Severity
-from .source_text import excerpt
 
 # norm -> position of eps
 _NORMS = {
@@ -35,10 +34,9 @@ _NORMS = {
 _NORMALIZE = "torch.nn.functional.normalize"
 _NORM_CALLS = frozenset(_NORMS) | {_NORMALIZE}
 _NORMALIZE_EPS_POSITION = 3
-_NORMALIZE_DEFAULT_EPS = 1e-12
 _GUARDED_FUNCTIONS = frozenset({"sqrt", "rsqrt", "log", "log2", "log10"})
 # Below this, 1/sqrt(eps) exceeds float16's max: a norm's float16 backward overflows on constant rows.
-_NORM_BACKWARD_OVERFLOW = 1.0 / 65504.0**2
+_NORM_BACKWARD_OVERFLOW = 1.0 / FP16_MAX**2
 
 
 class Fp16VanishingEpsilon(Rule):
@@ -48,20 +46,19 @@ class Fp16VanishingEpsilon(Rule):
     summary = "An epsilon that rounds to zero in float16 (1e-8, 1e-12) guarding float16 math"
     why = "float16 rounds it to zero: the division, sqrt or log it was meant to guard returns inf or NaN"
     fix = "use an epsilon float16 can hold (>= 6.1e-5, e.g. 1e-5), or compute the guarded op in float32"
+    quiet_in_bf16 = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        if analysis.derived(module_precision) == BF16:
-            return
         values = None
         casts_to_fp16 = None
         for call in analysis.calls_to(_NORM_CALLS):
             qualified = analysis.resolve(call.func)
             context = analysis.context(call)
             region = context.innermost_region
-            if context.in_test or (region is not None and region.may_be_enabled and not region.is_cpu):
+            if region is not None and region.may_be_enabled and not region.is_cpu:
                 continue  # CUDA autocast runs norms and normalize in float32
             if casts_to_fp16 is None:
-                casts_to_fp16 = any(cast_dtype(c, analysis) == "float16" for c in analysis.calls)
+                casts_to_fp16 = any(cast_dtype(c, analysis.resolve) == "float16" for c in analysis.calls_named("half", "to", "type"))
             eps = _argument(call, "eps", _NORMALIZE_EPS_POSITION if qualified == _NORMALIZE else _NORMS[qualified])
             value = constant_value(eps, analysis)
             if qualified == _NORMALIZE:
@@ -92,7 +89,7 @@ class Fp16VanishingEpsilon(Rule):
             for eps, other in ((node.right, node.left), (node.left, node.right)):
                 if not rounds_to_zero_in_fp16(constant_value(eps, analysis)):
                     continue
-                if not _guards_a_singularity(node, analysis) or analysis.context(node).in_test:
+                if not _guards_a_singularity(node, analysis):
                     continue
                 values = values or analysis.derived(Fp16Values)
                 if values.verdict(other) == FP16:

@@ -11,8 +11,9 @@ import ast
 import re
 from typing import Iterator
 
+from ..analysis.bindings import Bindings
+from ..analysis.constants import provably_nonpositive
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.numeric_constants import reaching_bindings
 from .base import Finding, Rule, Severity
 
 _MAX_NAMES = ("max", "amax", "logsumexp")
@@ -41,7 +42,11 @@ class UnstableSoftmaxOrLog(Rule):
                 continue
             if shifted_in_place is None:
                 shifted_in_place = _names_shifted_in_place(analysis)
-            if _max_subtracted(exponent, analysis, shifted_in_place) or _deliberate(node, analysis):
+            if (
+                _max_subtracted(exponent, analysis, shifted_in_place)
+                or provably_nonpositive(exponent, analysis)  # a Gaussian kernel: exp(-d**2 / s) <= 1
+                or _deliberate(node, analysis)
+            ):
                 continue
             yield self.finding(
                 node,
@@ -61,10 +66,8 @@ class UnstableSoftmaxOrLog(Rule):
 
 
 def _deliberate(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """In a test function, or in a reference implementation that tests compare against
-    (``def softmax_reference(...)``, ``reference_fn=lambda i: i.sigmoid().log()``): naive on purpose."""
-    if analysis.context(node).in_test:
-        return True
+    """In a reference implementation that tests compare against (``def softmax_reference(...)``,
+    ``reference_fn=lambda i: i.sigmoid().log()``): naive on purpose."""
     child, parent = node, analysis.parents.get(node)
     while parent is not None:
         if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and _REFERENCE.search(parent.name):
@@ -102,7 +105,7 @@ def _op(node: ast.AST | None, analysis: ModuleAnalysis) -> str | None:
 
 def _instance_op(func: ast.expr, analysis: ModuleAnalysis) -> str | None:
     """``self.softmax(x)`` where ``self.softmax = nn.Softmax(dim=-1)``."""
-    classes = analysis.constructed_classes(func)
+    classes = analysis.derived(Bindings).constructed_classes(func)
     ops = {_MODULE_OPS.get(cls) for cls in classes}
     return ops.pop() if len(ops) == 1 else None
 
@@ -110,7 +113,7 @@ def _instance_op(func: ast.expr, analysis: ModuleAnalysis) -> str | None:
 def _op_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int = 0) -> str | None:
     """The op of a call, or of the value a name is bound to (``p = F.softmax(x)`` ... ``torch.log(p)``)."""
     if isinstance(node, ast.Name) and depth < _MAX_DEPTH:
-        values = reaching_bindings(node, analysis)
+        values = analysis.derived(Bindings).reaching_values(node)
         ops = {_op_through_name(value, analysis, depth + 1) for value in values}
         return ops.pop() if len(ops) == 1 else None
     return _op(node, analysis)
@@ -119,9 +122,10 @@ def _op_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int 
 def _exp_argument(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
     """``x`` of ``torch.exp(x)`` / ``x.exp()``, also through a name bound (only) to one."""
     if isinstance(node, ast.Name):
-        if not any(call_name(v) == "exp" for v in analysis.bound_values(node) if isinstance(v, ast.Call)):
+        bindings = analysis.derived(Bindings)
+        if not any(call_name(v) == "exp" for v in bindings.bound_values(node) if isinstance(v, ast.Call)):
             return None
-        values = reaching_bindings(node, analysis)
+        values = bindings.reaching_values(node)
         node = values[0] if len(values) == 1 else node
     if call_name(node) != "exp" if isinstance(node, ast.Call) else True:
         return None
@@ -152,12 +156,10 @@ def _log_argument(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST | None:
     return _subject(call, analysis)
 
 
-def _names_shifted_in_place(analysis: ModuleAnalysis) -> set[str]:
-    """Names shifted in place by a max: ``x -= x.max(-1, keepdim=True).values``, ``x.sub_(x.amax(...))``."""
+def _names_shifted_in_place(analysis: ModuleAnalysis) -> set[tuple[ast.AST | None, str]]:
+    """(scope, name) of names shifted in place by a max: ``x.sub_(x.amax(-1, keepdim=True))``."""
+    bindings = analysis.derived(Bindings)
     names = set()
-    for node in analysis.nodes(ast.AugAssign):
-        if isinstance(node.op, ast.Sub) and isinstance(node.target, ast.Name) and _mentions_max(node.value):
-            names.add(node.target.id)
     for call in analysis.calls_named("sub_"):
         func = call.func
         if (
@@ -165,21 +167,28 @@ def _names_shifted_in_place(analysis: ModuleAnalysis) -> set[str]:
             and isinstance(func.value, ast.Name)
             and any(_mentions_max(arg) for arg in call.args)
         ):
-            names.add(func.value.id)
+            names.add((bindings.scope_of(call), func.value.id))
     return names
 
 
-def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis, shifted_in_place: set[str], depth: int = 0) -> bool:
+def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis, shifted_in_place: set, depth: int = 0) -> bool:
     """``x - x.max(-1, keepdim=True).values``, ``x - torch.amax(x)``, ``x - logsumexp``, ``x - m`` with
-    ``m = x.max(...)``, also through a name bound to such a difference or shifted in place."""
+    ``m = x.max(...)``, also through the bindings that reach a name (``x -= x.max(...)`` among them) or a
+    name shifted in place."""
     if depth > _MAX_DEPTH:
         return False
+    bindings = analysis.derived(Bindings)
     if isinstance(exponent, ast.Name):
-        if exponent.id in shifted_in_place:
+        if (bindings.scope_of(exponent), exponent.id) in shifted_in_place:
             return True
-        return any(
-            _max_subtracted(value, analysis, shifted_in_place, depth + 1) for value in analysis.bound_values(exponent)
-        )
+        for binding in bindings.reaching(exponent):
+            value = binding.value
+            if isinstance(value, ast.AugAssign):
+                if isinstance(value.op, ast.Sub) and _mentions_max(value.value):
+                    return True
+            elif value is not None and _max_subtracted(value, analysis, shifted_in_place, depth + 1):
+                return True
+        return False
     if isinstance(exponent, (ast.BinOp)) and isinstance(exponent.op, ast.Div):
         # (x - m) / T: a temperature does not undo the shift
         return _max_subtracted(exponent.left, analysis, shifted_in_place, depth + 1)
@@ -191,7 +200,7 @@ def _max_subtracted(exponent: ast.AST, analysis: ModuleAnalysis, shifted_in_plac
         _mentions_max(value)
         for node in ast.walk(exponent.right)
         if isinstance(node, ast.Name)
-        for value in analysis.bound_values(node)
+        for value in bindings.reaching_values(node)
     )
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 from collections import defaultdict
 from typing import Iterator
 
+from ..analysis.control_flow import ControlFlow, Fact
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import Branch, TrainingCalls, branches, mutually_exclusive
+from ..analysis.training_calls import DIRECT_STEP, SCALER_STEP, UNSCALE, UPDATE, TrainingCalls, TrainingEvent
 from .base import Finding, Rule, Severity
 
 
@@ -18,62 +18,62 @@ class ScalerUpdateOutOfStep(Rule):
     summary = "scaler.update() / unscale_() not under the same condition as scaler.step(), or update() twice per iteration"
     why = "update() without a step() raises 'No inf checks were recorded'; several updates per iteration shrink the scale too fast"
     fix = "call unscale_/step/update together under the accumulation condition, and update() once after all step() calls"
+    training_only = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)
         if not training.scalers:
             return
-        by_scope: dict[tuple[ast.AST | None, str], dict[str, list[ast.Call]]] = defaultdict(lambda: defaultdict(list))
-        for call in analysis.calls_named("step", "update", "unscale_"):
-            scaler = training.scaler_method(call, "step", "update", "unscale_")
-            if scaler:
-                by_scope[(analysis.context(call).function, scaler)][call.func.attr].append(call)  # type: ignore[attr-defined]
-        for (_, scaler), calls in by_scope.items():
-            steps = calls.get("step", [])
-            if not steps:
-                continue
-            step_guards = [_guards(step, analysis, steps) for step in steps]
-            for method in ("update", "unscale_"):
-                for call in calls.get(method, []):
-                    own = set(branches(call, analysis))
-                    if not any(guards <= own for guards in step_guards):
+        flow = analysis.derived(ControlFlow)
+        for scope in training.scopes_with_events:
+            by_scaler: dict[str, list[TrainingEvent]] = defaultdict(list)
+            direct_steps = []
+            for event in training.events(scope):
+                if event.kind in (SCALER_STEP, UPDATE, UNSCALE):
+                    by_scaler[event.scaler].append(event)  # type: ignore[index]
+                elif event.kind == DIRECT_STEP:
+                    direct_steps.append(event)
+            for scaler, events in by_scaler.items():
+                steps = [e for e in events if e.kind == SCALER_STEP]
+                if not steps:
+                    continue
+                step_guards = _guards(steps, flow)
+                for event in events:
+                    if event.kind == UPDATE:
+                        paired = step_guards
+                    elif event.kind == UNSCALE:
+                        # unscale_(opt) pairs with a step of that optimizer: scaler.step(opt), or opt.step()
+                        # when the caller steps it by hand on purpose.
+                        own = [s for s in steps + direct_steps if event.optimizer is None or s.optimizer == event.optimizer]
+                        paired = _guards(own, flow) if own else step_guards
+                    else:
+                        continue
+                    facts = flow.assumptions(event.call)
+                    if not any(guards <= facts for guards in paired):
+                        method = "update" if event.kind == UPDATE else "unscale_"
                         yield self.finding(
-                            call,
+                            event.call,
                             f"{scaler}.{method}() runs on iterations where {scaler}.step() does not",
                             fix=f"move {scaler}.{method}() under the same condition as {scaler}.step()",
                         )
-            yield from self._repeated_updates(calls.get("update", []), scaler, analysis)
+                yield from self._repeated_updates([e for e in events if e.kind == UPDATE], scaler, flow)
 
-    def _repeated_updates(self, updates: list[ast.Call], scaler: str, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        seen: list[tuple[ast.AST | None, list[Branch]]] = []
-        for update in sorted(updates, key=lambda c: (c.lineno, c.col_offset)):
-            loop = _enclosing_loop(update, analysis)
-            path = branches(update, analysis)
-            if any(loop is other_loop and not mutually_exclusive(path, other) for other_loop, other in seen):
+    def _repeated_updates(self, updates: list[TrainingEvent], scaler: str, flow: ControlFlow) -> Iterator[Finding]:
+        seen: list[TrainingEvent] = []
+        for update in updates:
+            loop = flow.enclosing_loop(update.call)
+            if any(loop is flow.enclosing_loop(other.call) and flow.may_share_a_pass(update.call, other.call) for other in seen):
                 yield self.finding(
-                    update,
+                    update.call,
                     f"{scaler}.update() called again in the same iteration",
                     fix="step every optimizer with scaler.step(), then call scaler.update() once",
                 )
-            seen.append((loop, path))
+            seen.append(update)
 
 
-def _guards(step: ast.Call, analysis: ModuleAnalysis, steps: list[ast.Call]) -> set[Branch]:
-    """The branches a step runs under, less the ifs whose both arms step (``if clip: ... step() else:
-    step()`` steps unconditionally)."""
-    path = branches(step, analysis)
-    others = [branches(other, analysis) for other in steps if other is not step]
-    return {
-        (node, field)
-        for node, field in path
-        if not any((node, "orelse" if field == "body" else "body") in other for other in others)
-    }
-
-
-def _enclosing_loop(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
-    parent = analysis.parents.get(node)
-    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        if isinstance(parent, (ast.For, ast.While, ast.AsyncFor)):
-            return parent
-        parent = analysis.parents.get(parent)
-    return None
+def _guards(steps: list[TrainingEvent], flow: ControlFlow) -> list[frozenset[Fact]]:
+    """The facts each step runs under, less those whose opposite another step runs under (``if clip:
+    ... step() else: step()`` steps whatever ``clip`` is)."""
+    facts = [flow.assumptions(step.call) for step in steps]
+    every = set().union(*facts) if facts else set()
+    return [frozenset(f for f in own if f.negated not in every) for own in facts]

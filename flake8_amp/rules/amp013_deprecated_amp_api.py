@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import ast
-import re
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import branches
 from .base import Finding, Rule, Severity
 
 # Deprecated in torch 2.4 (FutureWarning), still so in 2.13: qualified name -> replacement.
@@ -24,7 +22,6 @@ _SUBMODULES = {"torch.cuda.amp.autocast_mode.": "torch.cuda.amp.", "torch.cuda.a
 
 
 _DEPRECATED_NAMES = frozenset(name.rpartition(".")[2] for name in DEPRECATED_AMP_API)
-_VERSION_CHECK = re.compile(r"version|TORCH_|torch_|_2_\d|hasattr|getattr|>=|<", re.I)
 
 
 def deprecated_name(qualified: str | None) -> str | None:
@@ -43,6 +40,9 @@ class DeprecatedAmpApi(Rule):
     summary = "Deprecated torch.cuda.amp / torch.cpu.amp autocast, GradScaler, custom_fwd, custom_bwd"
     why = "deprecated since torch 2.4 (FutureWarning on every use); torch.amp takes the device type explicitly"
     fix = "use the torch.amp spelling with its device type"
+    # The API itself: tests break on it as well, and it is no low-precision hazard.
+    exempt_in_tests = False
+    low_precision_hazard = False
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         # `from torch.cuda.amp import autocast` is reported at the import, once per name; its uses are
@@ -52,32 +52,16 @@ class DeprecatedAmpApi(Rule):
                 continue
             for alias in node.names:
                 qualified = deprecated_name(f"{node.module}.{alias.name}")
-                if qualified and not _is_version_fallback(node, analysis):
+                if qualified:
                     yield self._report(alias if hasattr(alias, "lineno") else node, qualified, imported=True)
         for node in analysis.nodes(ast.Attribute):
             if node.attr not in _DEPRECATED_NAMES:
                 continue
             qualified = deprecated_name(analysis.resolve(node))
-            if (
-                qualified
-                and not isinstance(analysis.parents.get(node), ast.Attribute)
-                and not _is_version_fallback(node, analysis)
-            ):
+            if qualified and not isinstance(analysis.parents.get(node), ast.Attribute):
                 yield self._report(node, qualified, imported=False)
 
     def _report(self, node: ast.AST, qualified: str, imported: bool) -> Finding:
         replacement = DEPRECATED_AMP_API[qualified]
         where = "imported" if imported else "used"
         return self.finding(node, f"deprecated {qualified} {where}", fix=f"use {replacement}")
-
-
-def _is_version_fallback(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """The deprecated spelling kept for old torch releases: the else arm of a version check
-    (``torch.amp.GradScaler(...) if _TORCH_GREATER_EQUAL_2_4 else torch.cuda.amp.GradScaler()``) or an
-    ``except`` fallback after trying torch.amp."""
-    for branch, field in branches(node, analysis):
-        if isinstance(branch, ast.ExceptHandler):
-            return True
-        if field == "orelse" and _VERSION_CHECK.search(ast.unparse(branch.test)):  # type: ignore[attr-defined]
-            return True
-    return False

@@ -23,6 +23,9 @@ class CustomFwdWithoutDeviceType(Rule):
     summary = "torch.amp.custom_fwd / custom_bwd without device_type="
     why = "device_type is a required keyword of torch.amp.custom_fwd/custom_bwd: the module fails with TypeError at import"
     fix = "pass device_type='cuda' (or the device you train on)"
+    # The module fails at import, tests included.
+    exempt_in_tests = False
+    low_precision_hazard = False
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         for function in analysis.nodes(ast.FunctionDef) + analysis.nodes(ast.AsyncFunctionDef):

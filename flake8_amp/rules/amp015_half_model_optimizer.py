@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.low_precision import CAST_METHODS, cast_dtype
+from ..analysis.control_flow import ControlFlow
+from ..analysis.dtypes import cast_dtype
+from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
-from ..analysis.precision import guarded_by_precision_setting
+from ..analysis.training_calls import TrainingCalls
 from .base import Finding, Rule, Severity
 
 
@@ -18,71 +20,63 @@ class HalfModelOptimizer(Rule):
     summary = "Optimizer over the parameters of a model cast to float16 (no float32 master weights)"
     why = "float16 weights drop updates below half an ulp, Adam's eps=1e-8 underflows, and GradScaler raises 'Attempting to unscale FP16 gradients'"
     fix = "keep the model in float32 and use torch.autocast + GradScaler"
+    training_only = True
+    deliberate_when_configured = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        halved = self._half_models(analysis)
-        if not halved:
-            return
+        training = analysis.derived(TrainingCalls)
+        flow = None
         for call in analysis.calls:
-            qualified = analysis.resolve(call.func) or ""
-            if not qualified.startswith("torch.optim.") or ".lr_scheduler." in qualified or not call.args:
+            if not call.args or not training.is_optimizer_construction(call):
                 continue
-            for model in _parameter_owners(call.args[0]):
-                cast = halved.get((analysis.context(call).function, model)) or halved.get((None, model))
-                if cast is not None and cast.lineno <= call.lineno and not self._restored(model, cast, call, analysis):
-                    yield self.finding(
-                        call,
-                        f"{qualified.rpartition('.')[2]} over {model}.parameters(), a model cast to float16 at line {cast.lineno}",
-                    )
-                    break
-
-    @staticmethod
-    def _half_models(analysis: ModuleAnalysis) -> dict[tuple[ast.AST | None, str], ast.Call]:
-        """(function, model name) -> the cast: ``model = Net().half()``, ``model.half()``,
-        ``model.to(torch.float16)``."""
-        found = {}
-        for call in analysis.calls_named(*CAST_METHODS):
-            if cast_dtype(call, analysis) != "float16":
-                continue
-            context = analysis.context(call)
-            if context.grad_disabled or guarded_by_precision_setting(analysis, call):
-                continue
-            statement = analysis.statement_of(call)
-            names = []
-            if method_chain_end(call, analysis) is getattr(statement, "value", None):
-                if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
-                    names.append(statement.targets[0].id)
-                # nn.Module.half() casts in place: `fast = net.half()` halves `net` too.
-                receiver = method_chain_root(call.func.value)  # type: ignore[attr-defined]
-                if isinstance(receiver, ast.Name):
-                    names.append(receiver.id)
-            for name in names:
-                found.setdefault((context.function, name), call)
-        return found
-
-    @staticmethod
-    def _restored(model: str, cast: ast.Call, optimizer: ast.Call, analysis: ModuleAnalysis) -> bool:
-        """``model.float()`` between the cast and the optimizer."""
-        for call in analysis.calls_named("float"):
-            if (
-                cast.lineno < call.lineno <= optimizer.lineno
-                and isinstance(call.func, ast.Attribute)
-                and isinstance(call.func.value, ast.Name)
-                and call.func.value.id == model
-            ):
-                return True
-        return False
+            for owner in _parameter_owners(call.args[0]):
+                flow = flow or analysis.derived(LowPrecisionFlow)
+                cast = _cast_to_float16(owner, call, flow, analysis)
+                if cast is None or _deliberate(cast, analysis):
+                    continue
+                optimizer = analysis.resolve(call.func).rpartition(".")[2]  # type: ignore[union-attr]
+                yield self.finding(
+                    call,
+                    f"{optimizer} over {ast.unparse(owner)}.parameters(), a model cast to float16 at line {cast.lineno}",  # type: ignore[attr-defined]
+                )
+                break
 
 
-def _parameter_owners(argument: ast.expr) -> list[str]:
-    """Names whose ``.parameters()`` / ``.named_parameters()`` reach the optimizer's first argument."""
-    owners = []
-    for node in ast.walk(argument):
+def _cast_to_float16(owner: ast.expr, optimizer: ast.Call, flow: LowPrecisionFlow, analysis: ModuleAnalysis) -> ast.AST | None:
+    """The cast that made the model float16: what its binding holds (``model = Net().half()``,
+    ``model.half()``), or a cast of it bound to another name (``fast = net.half()``: ``nn.Module.half()``
+    casts in place, so ``net`` is float16 too)."""
+    origin = flow.origin(owner)
+    if origin is not None:
+        return origin.node if origin.kind == "cast" and origin.dtype == "float16" else None
+    if not isinstance(owner, ast.Name):
+        return None
+    scope = analysis.context(optimizer).function
+    for call in analysis.calls_named("half", "to"):
         if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("parameters", "named_parameters")
-            and isinstance(node.func.value, ast.Name)
+            call.lineno < optimizer.lineno
+            and cast_dtype(call, analysis.resolve) == "float16"
+            and isinstance(analysis.parents.get(method_chain_end(call, analysis)), ast.Assign)
+            and isinstance(root := method_chain_root(call.func.value), ast.Name)  # type: ignore[attr-defined]
+            and root.id == owner.id
+            and analysis.context(call).function is scope
         ):
-            owners.append(node.func.value.id)
-    return owners
+            return call
+    return None
+
+
+def _deliberate(cast: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """The cast itself is evaluation code or the configuration of a precision setting."""
+    return analysis.context(cast).grad_disabled or analysis.derived(ControlFlow).under_precision_setting(cast)
+
+
+def _parameter_owners(argument: ast.expr) -> list[ast.expr]:
+    """The objects whose ``.parameters()`` / ``.named_parameters()`` reach the optimizer's first argument."""
+    return [
+        node.func.value
+        for node in ast.walk(argument)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("parameters", "named_parameters")
+        and isinstance(node.func.value, (ast.Name, ast.Attribute))
+    ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
+from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.precision import BF16, module_precision
-from ..analysis.training_calls import TrainingCalls
+from ..analysis.summaries import Summaries
+from ..analysis.training_calls import PLAIN_BACKWARD, SCALED_BACKWARD, WRAPPER_BACKWARD, TrainingCalls
 from .base import Finding, Rule, Severity
 
 
@@ -18,20 +19,40 @@ class Fp16WithoutGradScaler(Rule):
     summary = "float16 CUDA autocast in a function that calls backward(), with no GradScaler"
     why = "float16 gradients below 6e-8 flush to zero: without loss scaling small gradients silently vanish"
     fix = "scale the loss with torch.amp.GradScaler('cuda'), or autocast to torch.bfloat16"
+    training_only = True
+    quiet_in_bf16 = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        if not analysis.uses_autocast or analysis.derived(module_precision) == BF16:
+        if not analysis.uses_autocast:
             return
         training = analysis.derived(TrainingCalls)
-        if analysis.uses_grad_scaler or training.scalers:
+        if training.uses_grad_scaler or training.scalers:
             return
-        functions_with_backward = {
-            analysis.context(call).function for call in analysis.calls if training.is_tensor_backward(call)
-        }
+        flow = analysis.derived(ControlFlow)
+        summaries = analysis.derived(Summaries)
         for region in analysis.regions:
             if region.device_type != "cuda" or region.effective_dtype != "float16" or region.enabled is False:
                 continue
             scope = region.node if isinstance(region.node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
             scope = scope or analysis.context(region.node).function
-            if scope in functions_with_backward and not analysis.context(region.node).in_test:
-                yield self.finding(region.node, "float16 CUDA autocast with backward() and no GradScaler in the module")
+            # The backward calls that can run in the same pass as the region, on its low-precision path.
+            on_path = [e for e in training.events(scope) if flow.may_share_a_pass(e.call, region.node)]
+            if any(e.kind in (SCALED_BACKWARD, WRAPPER_BACKWARD) for e in on_path):
+                continue  # the loss is handed to something that scales it
+            plain = [e for e in on_path if e.kind == PLAIN_BACKWARD and not flow.on_float32_path(e.call)]
+            if not plain or self._scaled_by_a_callee(scope, region, flow, summaries, analysis):
+                continue
+            yield self.finding(region.node, "float16 CUDA autocast with backward() and nothing that scales the loss")
+
+    @staticmethod
+    def _scaled_by_a_callee(scope, region, flow: ControlFlow, summaries: Summaries, analysis: ModuleAnalysis) -> bool:
+        """``loss_scaler(loss, optimizer, ...)``, ``trainer.backward(loss)``: a function or object (here or in
+        another module) that scales the loss."""
+        body = scope.body if scope is not None else analysis.tree.body
+        for call in summaries.calls_in(body):
+            if not flow.may_share_a_pass(call, region.node):
+                continue
+            facts = summaries.callee_facts(call)
+            if facts is not None and facts.get("scales_loss"):
+                return True
+        return False

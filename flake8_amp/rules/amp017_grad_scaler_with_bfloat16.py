@@ -6,6 +6,7 @@ import ast
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.training_calls import TrainingCalls
 from .base import Finding, Rule, Severity
 
 
@@ -21,7 +22,7 @@ class GradScalerWithBfloat16(Rule):
         regions = analysis.regions
         if not regions or any(region.effective_dtype != "bfloat16" for region in regions):
             return
-        for call in analysis.grad_scaler_constructions:
+        for call in analysis.derived(TrainingCalls).grad_scaler_constructions:
             enabled = next((kw.value for kw in call.keywords if kw.arg == "enabled"), None)
             if enabled is not None and not (isinstance(enabled, ast.Constant) and enabled.value is True):
                 continue  # enabled=False, or decided at run time (enabled=(dtype == torch.float16))

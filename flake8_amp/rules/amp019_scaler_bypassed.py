@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import ast
-from collections import defaultdict
 from typing import Iterator
 
+from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import TrainingCalls, branches, mutually_exclusive
+from ..analysis.training_calls import (
+    DIRECT_STEP,
+    PLAIN_BACKWARD,
+    SCALED_BACKWARD,
+    SCALER_STEP,
+    UNSCALE,
+    ZERO_GRAD,
+    TrainingCalls,
+    TrainingEvent,
+)
 from .base import Finding, Rule, Severity
+
+_RECIPE = (SCALED_BACKWARD, SCALER_STEP, UNSCALE)
 
 
 class ScalerBypassed(Rule):
@@ -18,42 +28,51 @@ class ScalerBypassed(Rule):
     summary = "GradScaler in play but loss.backward() on an unscaled loss, or optimizer.step() instead of scaler.step()"
     why = "the scaler's unscaling and inf check are skipped: steps on scaled, possibly inf, gradients"
     fix = "use scaler.scale(loss).backward() and scaler.step(optimizer)"
+    training_only = True
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)
         if not training.scalers:
             return
-        recipe: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)  # scaled backward / scaler.step
-        plain_backward: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)
-        direct_step: dict[ast.AST | None, list[ast.Call]] = defaultdict(list)
-        for call in analysis.calls_named("backward", "step"):
-            scope = analysis.context(call).function
-            if training.is_scaled_backward(call) or training.scaler_method(call, "step"):
-                recipe[scope].append(call)
-            elif training.is_tensor_backward(call):
-                plain_backward[scope].append(call)
-            elif _is_optimizer_step(call, training):
-                direct_step[scope].append(call)
-        for scope, uses in recipe.items():
-            paths = [branches(use, analysis) for use in uses]
-            scaled = any(training.is_scaled_backward(use) for use in uses)
-            for call in plain_backward.get(scope, []):
-                if _shares_a_pass(call, paths, analysis):
-                    yield self.finding(call, "backward() on an unscaled loss while a GradScaler is in play",
-                                       fix="call scaler.scale(loss).backward()")
-            for call in direct_step.get(scope, []) if scaled else []:
-                if _shares_a_pass(call, paths, analysis):
-                    optimizer = ast.unparse(call.func.value)  # type: ignore[attr-defined]
-                    yield self.finding(call, f"{optimizer}.step() called directly after a scaled backward",
-                                       fix=f"call scaler.step({optimizer}) (it unscales and skips inf steps)")
+        flow = analysis.derived(ControlFlow)
+        for scope in training.scopes_with_events:
+            events = training.events(scope)
+            recipe = [e for e in events if e.kind in _RECIPE]
+            if not recipe:
+                continue
+            for event in events:
+                same_pass = [r for r in recipe if flow.may_share_a_pass(r.call, event.call)]
+                if event.kind == PLAIN_BACKWARD and same_pass and not _dry_run(event, events, flow):
+                    yield self.finding(
+                        event.call, "backward() on an unscaled loss while a GradScaler is in play",
+                        fix="call scaler.scale(loss).backward()",
+                    )
+                elif event.kind == DIRECT_STEP and self._scaled_before(event, same_pass):
+                    optimizer = event.optimizer
+                    yield self.finding(
+                        event.call,
+                        f"{optimizer}.step() called directly on gradients a GradScaler scaled",
+                        fix=f"call scaler.step({optimizer}) (it unscales and skips inf steps)",
+                    )
+
+    @staticmethod
+    def _scaled_before(step: TrainingEvent, same_pass: list[TrainingEvent]) -> bool:
+        """A scaled backward before the step, or the scaler stepping or unscaling an optimizer in the
+        same pass (its gradients came from a scaled loss, wherever that loss was scaled)."""
+        return any(
+            r.kind == SCALED_BACKWARD and r.position < step.position or r.kind in (SCALER_STEP, UNSCALE)
+            for r in same_pass
+        )
 
 
-def _is_optimizer_step(call: ast.Call, training: TrainingCalls) -> bool:
-    func = call.func
-    return isinstance(func, ast.Attribute) and func.attr == "step" and not call.args and training.is_optimizer(func.value)
-
-
-def _shares_a_pass(call: ast.Call, recipe_paths: list, analysis: ModuleAnalysis) -> bool:
-    """Not in the other arm of an ``if use_amp: scaler... else: loss.backward()`` split."""
-    path = branches(call, analysis)
-    return any(not mutually_exclusive(path, other) for other in recipe_paths)
+def _dry_run(backward: TrainingEvent, events: list[TrainingEvent], flow: ControlFlow) -> bool:
+    """A warm-up backward whose gradients are zeroed before any step (``loss.backward();
+    optimizer.zero_grad()``): nothing is stepped on them."""
+    for event in events:
+        if event.position <= backward.position or not flow.may_share_a_pass(event.call, backward.call):
+            continue
+        if event.kind == ZERO_GRAD:
+            return True
+        if event.kind in (DIRECT_STEP, SCALER_STEP, SCALED_BACKWARD, PLAIN_BACKWARD):
+            return False
+    return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
@@ -28,6 +28,11 @@ class Finding:
     code: str
     what: str
     fix: str
+    #: the node found, for the exemption policy; the engine drops it before findings leave it
+    node: ast.AST | None = field(default=None, compare=False, repr=False)
+
+    def detached(self) -> "Finding":
+        return replace(self, node=None) if self.node is not None else self
 
     @property
     def message(self) -> str:
@@ -51,6 +56,18 @@ class Rule:
     #: opinionated rules are off unless selected (flake8's extend_default_ignore)
     default_enabled: ClassVar[bool] = True
 
+    # Which parts of the exemption policy (flake8_amp.analysis.exemptions) apply to the rule:
+    #: quiet in test code (False for rules about the API itself: tests break on it too)
+    exempt_in_tests: ClassVar[bool] = True
+    #: the hazard is in training: quiet in evaluation-only code (no_grad, inference_mode)
+    training_only: ClassVar[bool] = False
+    #: the hazard needs low precision: quiet on the float32 arm of a precision switch
+    low_precision_hazard: ClassVar[bool] = True
+    #: a cast the rule flags is deliberate under a condition on a precision setting
+    deliberate_when_configured: ClassVar[bool] = False
+    #: a float16-range hazard: quiet in bfloat16 code (bfloat16 has float32's range)
+    quiet_in_bf16: ClassVar[bool] = False
+
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         raise NotImplementedError
 
@@ -61,6 +78,7 @@ class Rule:
             code=self.code,
             what=what,
             fix=fix or self.fix,
+            node=node,
         )
 
     @property

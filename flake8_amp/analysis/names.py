@@ -1,8 +1,10 @@
 """Qualified names through imports and aliases.
 
 ``import torch.nn.functional as F`` makes ``F.softmax`` resolve to ``torch.nn.functional.softmax``;
-``from torch.nn import BCELoss as B`` makes ``B`` resolve to ``torch.nn.BCELoss``. Names that no import
-binds resolve to ``None``: a local ``softmax`` is not torch's.
+``from torch.nn import BCELoss as B`` makes ``B`` resolve to ``torch.nn.BCELoss``; ``from .losses import
+focal`` makes ``focal`` resolve to ``.losses.focal`` (one dot per level, as written). Names that no import
+binds resolve to ``None``: a local ``softmax`` is not torch's. ``from models import *`` binds names that
+only the project index can list (see :meth:`ImportTable.star_modules`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ImportTable:
 
     def __init__(self) -> None:
         self._bindings: dict[str, str] = {}
+        #: ``from X import *``: (module as written, with one leading dot per level)
+        self.star_modules: list[str] = []
 
     def add(self, node: ast.Import | ast.ImportFrom) -> None:
         if isinstance(node, ast.Import):
@@ -35,10 +39,25 @@ class ImportTable:
                 else:
                     top = alias.name.partition(".")[0]
                     self._bindings[top] = top
-        elif node.module and not node.level:
-            for alias in node.names:
-                if alias.name != "*":
-                    self._bindings[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            return
+        module = "." * (node.level or 0) + (node.module or "")
+        for alias in node.names:
+            if alias.name == "*":
+                self.star_modules.append(module)
+            else:
+                separator = "" if module.endswith(".") else "."
+                self._bindings[alias.asname or alias.name] = f"{module}{separator}{alias.name}"
+
+    def bind(self, local: str, qualified: str) -> None:
+        """A binding learnt elsewhere: a name a star import brings in, read off the imported module."""
+        self._bindings.setdefault(local, qualified)
+
+    def is_bound(self, local: str) -> bool:
+        return local in self._bindings
+
+    def bindings(self) -> dict[str, str]:
+        """Local name -> qualified name, for every name an import binds."""
+        return dict(self._bindings)
 
     def resolve(self, node: ast.AST) -> str | None:
         """The qualified name an expression like ``F.softmax`` refers to, or None if it is not imported."""

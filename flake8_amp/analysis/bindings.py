@@ -1,0 +1,357 @@
+"""Which bindings of a name reach the place where it is read.
+
+Every binding of the module is recorded once, by scope and name: assignments (``x = ...``, ``x: T = ...``,
+``x += ...``, ``(x := ...)``), loop and ``with ... as`` targets, parameters, imports, ``def`` and
+``class`` names, ``except ... as`` names. ``self.attr = ...`` is recorded under ``"self.attr"``.
+
+A read inside a function sees the function's own bindings if it has any (Python makes such a name local
+to the whole function): the last one before the read in source order, and earlier ones too while the
+later ones sit in a branch or loop that the read is not inside (``x = a`` / ``if c: x = b`` / ``use(x)``
+sees both); a binding in the other arm of an ``if`` around the read never reaches it. A name the
+function does not bind is read from the enclosing function, then the module, where every binding may
+have run before the call. ``self.attr`` sees every binding of the module. Loop back-edges are not
+followed: a read sees bindings above it.
+
+Each lookup is a binary search in its scope's sorted bindings plus a short walk back, memoised per read:
+linear in the size of the module.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .module_analysis import ModuleAnalysis, binding_key
+
+FunctionScope = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+Scope = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+#: Reads with more candidate bindings than this see only the latest ones (a generated module, not code).
+_MAX_REACHING = 16
+Position = tuple[int, int]
+Arm = tuple[ast.AST, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    """One binding of a name. ``value`` is the bound expression, the ``AugAssign`` statement for
+    ``x += y``, or None where the source does not say (loop targets, parameters, imports ...)."""
+
+    key: str
+    scope: ast.AST | None
+    statement: ast.AST
+    value: ast.AST | None
+    #: ``a, b = pair``: the value is the whole right-hand side
+    unpacked: bool = False
+    position: Position = field(default=(0, 0))
+
+
+def parameter_names(function: ast.AST) -> set[str]:
+    arguments = getattr(function, "args", None)
+    if not isinstance(arguments, ast.arguments):
+        return set()
+    every = arguments.posonlyargs + arguments.args + arguments.kwonlyargs
+    every += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+    return {argument.arg for argument in every}
+
+
+def alternatives(value: ast.expr) -> list[ast.expr]:
+    """The values an expression may evaluate to: both arms of ``a if c else b``, each of ``a or b``."""
+    found, pending = [], [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ast.IfExp):
+            pending += [current.orelse, current.body]
+        elif isinstance(current, ast.BoolOp):
+            pending += reversed(current.values)
+        else:
+            found.append(current)
+    return found
+
+
+class Bindings:
+    """Use as ``analysis.derived(Bindings)``."""
+
+    def __init__(self, analysis: ModuleAnalysis) -> None:
+        self.analysis = analysis
+        self._scope_of: dict[ast.AST, ast.AST | None] = {}
+        self._by_key: dict[str, list[Binding]] = defaultdict(list)
+        self._by_scope: dict[tuple[ast.AST | None, str], list[Binding]] = {}
+        self._positions: dict[tuple[ast.AST | None, str], list[Position]] = {}
+        self._arms: dict[ast.AST, tuple[Arm, ...]] = {}
+        self._reaching: dict[ast.AST, list[Binding]] = {}
+        self._constructions: dict[str, list[ast.Call]] = {}
+        self._by_statement: dict[ast.AST, list[Binding]] = defaultdict(list)
+        self._globals: dict[ast.AST, set[str]] = defaultdict(set)
+        for declaration in analysis.nodes(ast.Global):
+            self._globals[self.scope_of(declaration)].update(declaration.names)
+        self._record_all()
+        self._index_arms()
+
+    # ---------------------------------------------------------------- queries
+    def bound_values(self, node: ast.AST) -> list[ast.AST]:
+        """The values bound (anywhere in the module) to the name or ``self.attr`` in ``node``."""
+        key = binding_key(node)
+        if key is None:
+            return []
+        return [binding.value for binding in self._by_key.get(key, ()) if binding.value is not None]
+
+    def is_bound(self, key: str) -> bool:
+        return key in self._by_key
+
+    def constructions(self, node: ast.AST) -> list[ast.Call]:
+        """The calls whose result the name or ``self.attr`` in ``node`` may hold (``crit = nn.BCELoss()``,
+        ``self.norm = LayerNorm(d) if pre else None``), anywhere in the module: what class an object is."""
+        key = binding_key(node)
+        if key is None:
+            return []
+        found = self._constructions.get(key)
+        if found is None:
+            found = self._constructions[key] = [
+                candidate
+                for value in self.bound_values(node)
+                if isinstance(value, ast.expr)
+                for candidate in alternatives(value)
+                if isinstance(candidate, ast.Call)
+            ]
+        return found
+
+    def constructed_classes(self, node: ast.AST) -> set[str]:
+        """Qualified names of the imported classes whose instances ``node`` may hold."""
+        resolve = self.analysis.resolve
+        return {qualified for call in self.constructions(node) if (qualified := resolve(call.func))}
+
+    def bindings_of(self, key: str) -> list[Binding]:
+        return self._by_key.get(key, [])
+
+    def made_by(self, statement: ast.AST) -> list[Binding]:
+        """The bindings a statement (or a ``def``, a parameter list's function ...) makes."""
+        return self._by_statement.get(statement, [])
+
+    def reaching(self, node: ast.AST) -> list[Binding]:
+        """The bindings that may give ``node`` (a read of a name or ``self.attr``) its value."""
+        found = self._reaching.get(node)
+        if found is None:
+            found = self._reaching[node] = self._find_reaching(node)
+        return found
+
+    def reaching_values(self, node: ast.AST) -> list[ast.AST]:
+        """The values of the reaching bindings; [] when any of them is not known (a parameter ...)."""
+        bindings = self.reaching(node)
+        if any(binding.value is None or binding.unpacked for binding in bindings):
+            return []
+        return [binding.value for binding in bindings]  # type: ignore[misc]
+
+    def scope_of(self, node: ast.AST) -> ast.AST | None:
+        """The function, lambda or class body ``node`` executes in; None for the module."""
+        memo, parents = self._scope_of, self.analysis.parents
+        chain = []
+        current = node
+        while True:
+            if current in memo:
+                scope = memo[current]
+                break
+            parent = parents.get(current)
+            if parent is None:
+                scope = None
+                break
+            chain.append(current)
+            if isinstance(parent, Scope) and _inside_body(current, parent):
+                scope = parent
+                break
+            current = parent
+        for visited in chain:
+            memo[visited] = scope
+        return scope
+
+    # ---------------------------------------------------------------- recording
+    def _record_all(self) -> None:
+        analysis = self.analysis
+        for node in analysis.nodes(ast.Assign):
+            for target in node.targets:
+                self._record_target(target, node, node.value)
+        for node in analysis.nodes(ast.AnnAssign):
+            if node.value is not None:
+                self._record_target(node.target, node, node.value)
+        for node in analysis.nodes(ast.AugAssign):
+            self._record_target(node.target, node, node)
+        for node in analysis.nodes(ast.NamedExpr):
+            self._record_target(node.target, node, node.value)
+        for node in analysis.nodes(ast.Expr):
+            root = _in_place_cast_root(node.value)
+            if root is not None:
+                self._record_target(root, node, node.value)
+        for node in analysis.nodes(ast.For) + analysis.nodes(ast.AsyncFor):
+            self._record_target(node.target, node, None)
+        for node in analysis.nodes(ast.With) + analysis.nodes(ast.AsyncWith):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    self._record_target(item.optional_vars, node, None)
+        for node in analysis.nodes(ast.Import) + analysis.nodes(ast.ImportFrom):
+            for alias in node.names:
+                if alias.name != "*":
+                    name = alias.asname or alias.name.partition(".")[0]
+                    self._add(name, self.scope_of(node), node, None)
+        for node in analysis.nodes(ast.FunctionDef) + analysis.nodes(ast.AsyncFunctionDef) + analysis.nodes(ast.ClassDef):
+            self._add(node.name, self.scope_of(node), node, None)
+        for node in analysis.nodes(ast.FunctionDef) + analysis.nodes(ast.AsyncFunctionDef) + analysis.nodes(ast.Lambda):
+            for name in parameter_names(node):
+                self._add(name, node, node, None, position=(0, 0))
+        for node in analysis.nodes(ast.ExceptHandler):
+            if node.name:
+                self._add(node.name, self.scope_of(node), node, None)
+        for bindings in self._by_scope.values():
+            bindings.sort(key=lambda binding: binding.position)
+        for scope_key, bindings in self._by_scope.items():
+            self._positions[scope_key] = [binding.position for binding in bindings]
+
+    def _record_target(self, target: ast.AST, statement: ast.AST, value: ast.AST | None, unpacked: bool = False) -> None:
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                self._record_target(element, statement, value, unpacked=True)
+            return
+        if isinstance(target, ast.Starred):
+            self._record_target(target.value, statement, value, unpacked=True)
+            return
+        key = binding_key(target)
+        if key is None:
+            return
+        scope = None if key.startswith("self.") else self.scope_of(statement)
+        self._add(key, scope, statement, value, unpacked)
+
+    def _add(
+        self,
+        key: str,
+        scope: ast.AST | None,
+        statement: ast.AST,
+        value: ast.AST | None,
+        unpacked: bool = False,
+        position: Position | None = None,
+    ) -> None:
+        if scope is not None and key in self._globals.get(scope, ()):
+            scope = None
+        if position is None:
+            position = (getattr(statement, "lineno", 0), getattr(statement, "col_offset", 0))
+        binding = Binding(key, scope, statement, value, unpacked, position)
+        self._by_statement[statement].append(binding)
+        self._by_key[key].append(binding)
+        self._by_scope.setdefault((scope, key), []).append(binding)
+
+    def _index_arms(self) -> None:
+        """Each statement's arms: the branches and loop bodies it sits in, within its scope."""
+        arms = self._arms
+        pending: list[tuple[list, tuple[Arm, ...]]] = [(self.analysis.tree.body, ())]
+        while pending:
+            statements, outer = pending.pop()
+            for statement in statements:
+                arms[statement] = outer
+                if isinstance(statement, (ast.If, ast.For, ast.AsyncFor, ast.While)):
+                    pending.append((statement.body, outer + ((statement, "body"),)))
+                    pending.append((statement.orelse, outer + ((statement, "orelse"),)))
+                elif isinstance(statement, (ast.With, ast.AsyncWith)):
+                    pending.append((statement.body, outer))
+                elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    pending.append((statement.body, ()))
+                elif isinstance(statement, ast.Try) or type(statement).__name__ == "TryStar":
+                    for name in ("body", "orelse", "finalbody"):
+                        pending.append((getattr(statement, name), outer + ((statement, name),)))
+                    for handler in statement.handlers:  # type: ignore[attr-defined]
+                        pending.append((handler.body, outer + ((handler, "body"),)))
+                elif type(statement).__name__ == "Match":
+                    for case in statement.cases:  # type: ignore[attr-defined]
+                        pending.append((case.body, outer + ((statement, f"case{id(case)}"),)))
+
+    # ---------------------------------------------------------------- lookup
+    def _find_reaching(self, node: ast.AST) -> list[Binding]:
+        key = binding_key(node)
+        if key is None or key not in self._by_key:
+            return []
+        if key.startswith("self."):
+            return self._by_key[key]
+        if _bound_by_comprehension(node, key, self.analysis):
+            return []
+        scope = self.scope_of(node)
+        use = self.analysis.statement_of(node)
+        first = True
+        while True:
+            if scope is not None and key in self._globals.get(scope, ()):
+                scope = None
+            bindings = self._by_scope.get((scope, key))
+            if bindings:
+                if first:
+                    return self._ordered(scope, key, use)
+                return bindings  # an enclosing scope: any of its bindings may have run before the call
+            if scope is None:
+                return []
+            scope = self._enclosing_function_scope(scope)
+            first = False
+
+    def _enclosing_function_scope(self, scope: ast.AST) -> ast.AST | None:
+        """The scope a function reads free names from: class bodies in between are skipped."""
+        current = self.scope_of(scope)
+        while isinstance(current, ast.ClassDef):
+            current = self.scope_of(current)
+        return current
+
+    def _ordered(self, scope: ast.AST | None, key: str, use: ast.AST) -> list[Binding]:
+        bindings = self._by_scope[(scope, key)]
+        position = (getattr(use, "lineno", 0), getattr(use, "col_offset", 0))
+        # Bindings at the read's own statement come after the read (`x = x + 1` reads the previous x).
+        index = bisect.bisect_left(self._positions[(scope, key)], position)
+        use_arms = self._arms.get(use, ())
+        found: list[Binding] = []
+        for position_index in range(index - 1, -1, -1):
+            binding = bindings[position_index]
+            binding_arms = self._arms.get(binding.statement, ())
+            if _exclusive(binding_arms, use_arms):
+                continue
+            found.append(binding)
+            if use_arms[: len(binding_arms)] == binding_arms or len(found) >= _MAX_REACHING:
+                break  # it always runs before the read: nothing earlier reaches past it
+        return found
+
+
+_MODULE_CASTS = frozenset({"half", "bfloat16", "float", "double", "to", "type"})
+_CASTS_IN_PLACE = _MODULE_CASTS | {"cuda", "cpu"}
+
+
+def _in_place_cast_root(value: ast.AST) -> ast.AST | None:
+    """``model.half()`` or ``model.cuda().half()`` as a statement: ``nn.Module`` casts in place, so the
+    statement rebinds ``model`` to the cast module (on a tensor the statement would do nothing at all)."""
+    if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in _MODULE_CASTS):
+        return None
+    receiver = value.func.value
+    while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) and receiver.func.attr in _CASTS_IN_PLACE:
+        receiver = receiver.func.value
+    return receiver if isinstance(receiver, (ast.Name, ast.Attribute)) and binding_key(receiver) else None
+
+
+def _exclusive(a: tuple[Arm, ...], b: tuple[Arm, ...]) -> bool:
+    """The two arms of one ``if`` (or two cases of one ``match``): never both in one pass."""
+    for (node_a, field_a), (node_b, field_b) in zip(a, b):
+        if node_a is not node_b:
+            return False
+        if field_a != field_b:
+            return isinstance(node_a, ast.If) or field_a.startswith("case")
+    return False
+
+
+def _inside_body(child: ast.AST, scope: ast.AST) -> bool:
+    """A scope's decorators, defaults, annotations and bases run in the enclosing scope."""
+    if isinstance(scope, ast.Lambda):
+        return child is scope.body
+    return isinstance(child, ast.stmt)
+
+
+def _bound_by_comprehension(node: ast.AST, key: str, analysis: ModuleAnalysis) -> bool:
+    """``[x.half() for x in xs]``: ``x`` belongs to the comprehension, not to the function."""
+    child, parent = node, analysis.parents.get(node)
+    while parent is not None and not isinstance(parent, (ast.stmt, *FunctionScope)):
+        if isinstance(parent, _COMPREHENSIONS):
+            for generator in parent.generators:
+                if any(isinstance(t, ast.Name) and t.id == key for t in ast.walk(generator.target)):
+                    return True
+        child, parent = parent, analysis.parents.get(parent)
+    return False

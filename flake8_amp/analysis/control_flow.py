@@ -1,0 +1,319 @@
+"""Which conditions hold where a statement runs, and which statements can run in one pass.
+
+Conditions are facts: ``if use_amp:`` in two places of a function is one switch, so a statement under
+the first and one under the second belong to one path, and the ``else:`` arms of both to the other. A
+condition is known by its normalised text (``scaler is not None`` and ``scaler`` are the same fact);
+``not``, ``and``, ``or``, ``is None`` and ``== False`` are taken apart. An ``if C: ... return`` with no
+``else`` makes ``not C`` hold for the rest of its block.
+
+Some facts are precision switches: a condition that names mixed precision (``use_amp``, ``args.fp16``,
+``self.scaler``, ``dtype == torch.float16``), or an expression the module passes as ``enabled=`` to
+autocast or a GradScaler. The arm where such a switch is off is the float32 path; the arm where it is on
+is a precision the code chose on purpose.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+from .module_analysis import ModuleAnalysis
+
+Boundary = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+Loop = (ast.For, ast.AsyncFor, ast.While)
+
+_LOW_PRECISION_WORDS = re.compile(
+    r"(?<![a-z0-9])(amp|apex|fp16|bf16|half|float16|bfloat16|mixed|autocast|scaler|scaling|loss_scale"
+    r"|low_precision|mixed_precision)(?![a-z0-9])",
+    re.I,
+)
+_FULL_PRECISION_WORDS = re.compile(r"(?<![a-z0-9])(fp32|float32|full_precision|single_precision|no_amp)(?![a-z0-9])", re.I)
+# Conditions that configure a precision, either way: a cast under them is the configuration itself.
+_PRECISION_SETTING = re.compile(r"fp16|bf16|half|float16|bfloat16|dtype|precision|amp", re.I)
+_NEWER = re.compile(r"greater|(?<![a-z])ge(?![a-z])|geq|at_least|min(?![a-z])|newer|_ge_|_gte|minimum|is_torch_2", re.I)
+_OLDER = re.compile(r"less|(?<![a-z])lt(?![a-z])|(?<![a-z])le(?![a-z])|_lt_|_le_|older|below|max(?![a-z])", re.I)
+_FALLBACK_EXCEPTIONS = frozenset({"ImportError", "ModuleNotFoundError", "AttributeError", "TypeError", "Exception"})
+_NEW_AMP_API = re.compile(r"torch\.amp|torch\.autocast|autocast|GradScaler|custom_fwd|custom_bwd")
+_EXITS = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A condition (by its normalised text) and whether it holds."""
+
+    key: str
+    holds: bool
+
+    @property
+    def negated(self) -> "Fact":
+        return Fact(self.key, not self.holds)
+
+
+Facts = frozenset  # of Fact
+_NO_FACTS: frozenset[Fact] = frozenset()
+
+
+def ancestors(node: ast.AST, analysis: ModuleAnalysis, *, cross_scopes: bool = False) -> Iterator[tuple[ast.AST, ast.AST]]:
+    """(child, parent) pairs from ``node`` upwards, stopping at the enclosing function, lambda or class
+    (or at the module with ``cross_scopes``)."""
+    parents = analysis.parents
+    child, parent = node, parents.get(node)
+    while parent is not None:
+        yield child, parent
+        if not cross_scopes and isinstance(parent, Boundary):
+            return
+        child, parent = parent, parents.get(parent)
+
+
+def facts_when(test: ast.AST, truth: bool) -> frozenset[Fact]:
+    """What ``test`` evaluating to ``truth`` tells: ``not a`` false -> a; ``a and b`` true -> a, b;
+    ``a or b`` false -> not a, not b; ``x is None`` true -> not x."""
+    found: set[Fact] = set()
+    pending = [(test, truth)]
+    while pending:
+        node, value = pending.pop()
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            pending.append((node.operand, not value))
+        elif isinstance(node, ast.BoolOp):
+            if isinstance(node.op, ast.And) and value or isinstance(node.op, ast.Or) and not value:
+                pending += [(operand, value) for operand in node.values]
+            # the other cases say only that some operand holds: nothing to record
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1 and _is_none_or_bool(node.comparators[0]):
+            op, constant = node.ops[0], node.comparators[0].value  # type: ignore[attr-defined]
+            positive = isinstance(op, (ast.Is, ast.Eq))
+            if constant is None:
+                pending.append((node.left, value != positive))  # `x is None` true: x does not hold
+            elif isinstance(op, (ast.Is, ast.Eq, ast.IsNot, ast.NotEq)):
+                pending.append((node.left, value == (positive == constant)))
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.NotEq):
+            equal = ast.Compare(left=node.left, ops=[ast.Eq()], comparators=node.comparators)
+            found.add(Fact(_normalised(equal), not value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "bool" and len(node.args) == 1:
+            pending.append((node.args[0], value))
+        else:
+            found.add(Fact(_normalised(node), value))
+    return frozenset(found)
+
+
+def _is_none_or_bool(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, bool))
+
+
+def _normalised(node: ast.AST) -> str:
+    try:
+        return ast.unparse(node)
+    except RecursionError:  # a condition nested beyond what unparse can print: known by its position
+        return f"<condition at {getattr(node, 'lineno', 0)}:{getattr(node, 'col_offset', 0)}>"
+
+
+def consistent(a: frozenset[Fact], b: frozenset[Fact]) -> bool:
+    """Whether two sets of facts can hold in one pass (no condition both true and false)."""
+    if len(a) > len(b):
+        a, b = b, a
+    return not any(fact.negated in b for fact in a)
+
+
+def switch_polarity(key: str) -> bool | None:
+    """For a precision switch, the truth value that means low precision is on; None for other facts."""
+    if _LOW_PRECISION_WORDS.search(key):
+        return True
+    if _FULL_PRECISION_WORDS.search(key):
+        return False
+    return None
+
+
+class ControlFlow:
+    """Use as ``analysis.derived(ControlFlow)``."""
+
+    def __init__(self, analysis: ModuleAnalysis) -> None:
+        self.analysis = analysis
+        self._statement_facts: dict[ast.AST, frozenset[Fact]] = {}
+        self._indexed_blocks: set[int] = set()
+
+    # ---------------------------------------------------------------- facts on a path
+    def assumptions(self, node: ast.AST) -> frozenset[Fact]:
+        """The facts that hold wherever ``node`` runs, within its function."""
+        statement = self.analysis.statement_of(node)
+        facts = self._facts_of_statement(statement)
+        extra: set[Fact] = set()
+        for child, parent in ancestors(node, self.analysis):
+            if parent is statement:
+                break
+            if isinstance(parent, ast.IfExp) and child is not parent.test:
+                extra |= facts_when(parent.test, child is parent.body)
+        return facts | extra if extra else facts
+
+    def _facts_of_statement(self, statement: ast.AST) -> frozenset[Fact]:
+        facts = self._statement_facts.get(statement)
+        if facts is None:
+            self._index_scope_of(statement)
+            facts = self._statement_facts.get(statement, _NO_FACTS)
+        return facts
+
+    def _index_scope_of(self, statement: ast.AST) -> None:
+        """Facts for every statement of the scope holding ``statement``, in one pass over its blocks."""
+        scope_body = self._scope_body(statement)
+        if id(scope_body) in self._indexed_blocks:
+            self._statement_facts.setdefault(statement, _NO_FACTS)
+            return
+        self._indexed_blocks.add(id(scope_body))
+        pending: list[tuple[list, frozenset[Fact]]] = [(scope_body, _NO_FACTS)]
+        while pending:
+            block, facts = pending.pop()
+            for child in block:
+                self._statement_facts[child] = facts
+                if isinstance(child, ast.If):
+                    pending.append((child.body, facts | facts_when(child.test, True)))
+                    pending.append((child.orelse, facts | facts_when(child.test, False)))
+                    body_exits, else_exits = _always_exits(child.body), _always_exits(child.orelse)
+                    if body_exits and not else_exits:
+                        facts = facts | facts_when(child.test, False)
+                    elif else_exits and not body_exits:
+                        facts = facts | facts_when(child.test, True)
+                elif isinstance(child, (*Loop, ast.With, ast.AsyncWith)):
+                    pending.append((child.body, facts))
+                    pending.append((getattr(child, "orelse", []), facts))
+                elif isinstance(child, ast.Try) or type(child).__name__ == "TryStar":
+                    for name in ("body", "orelse", "finalbody"):
+                        pending.append((getattr(child, name), facts))
+                    for handler in child.handlers:  # type: ignore[attr-defined]
+                        pending.append((handler.body, facts))
+                elif type(child).__name__ == "Match":
+                    for case in child.cases:  # type: ignore[attr-defined]
+                        pending.append((case.body, facts))
+
+    def _scope_body(self, statement: ast.AST) -> list:
+        for _, parent in ancestors(statement, self.analysis):
+            if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                return parent.body
+        return self.analysis.tree.body
+
+    def may_share_a_pass(self, a: ast.AST, b: ast.AST) -> bool:
+        return consistent(self.assumptions(a), self.assumptions(b))
+
+    # ---------------------------------------------------------------- precision switches
+    @cached_property
+    def _enabled_switches(self) -> dict[str, bool]:
+        """Facts the module passes as ``enabled=`` to autocast or a GradScaler, with their "on" value."""
+        from .torch_api import AUTOCAST_CONSTRUCTORS, GRAD_SCALER_CONSTRUCTORS  # data only
+
+        switches: dict[str, bool] = {}
+        constructors = set(AUTOCAST_CONSTRUCTORS) | set(GRAD_SCALER_CONSTRUCTORS)
+        for call in self.analysis.calls_to(constructors):
+            for keyword in call.keywords:
+                if keyword.arg == "enabled" and not isinstance(keyword.value, ast.Constant):
+                    for fact in facts_when(keyword.value, True):
+                        switches[fact.key] = fact.holds
+        return switches
+
+    def switch_on_value(self, key: str) -> bool | None:
+        on = self._enabled_switches.get(key)
+        return on if on is not None else switch_polarity(key)
+
+    def on_float32_path(self, node: ast.AST) -> bool:
+        """In the arm of a precision switch where low precision is off (``else:`` of ``if use_amp:``)."""
+        return any(self.switch_on_value(fact.key) == (not fact.holds) for fact in self.assumptions(node))
+
+    def on_low_precision_path(self, node: ast.AST) -> bool:
+        """In the arm of a precision switch where low precision is on (``if args.fp16:``)."""
+        return any(self.switch_on_value(fact.key) == fact.holds for fact in self.assumptions(node))
+
+    def under_precision_setting(self, node: ast.AST) -> bool:
+        """Under any condition on a precision setting, either arm (``if args.fp16:``, ``if dtype ==
+        torch.float16:``): code that implements a configurable precision on purpose."""
+        return any(_PRECISION_SETTING.search(fact.key) for fact in self.assumptions(node))
+
+    # ---------------------------------------------------------------- version fallbacks
+    def in_version_fallback(self, node: ast.AST) -> bool:
+        """In code kept for older torch releases: the arm of a version check taken on an old torch
+        (``if TORCH_VERSION < (1, 10):``, the ``else`` of ``if _TORCH_GREATER_EQUAL_2_4:``, either arm
+        when the direction is not clear), or an ``except ImportError/AttributeError`` after trying the
+        torch.amp API."""
+        for child, parent in ancestors(node, self.analysis, cross_scopes=True):
+            if isinstance(parent, (ast.If, ast.IfExp, ast.While)) and child is not parent.test:
+                arm = child in parent.body if isinstance(parent.body, list) else child is parent.body
+                old_when = _old_torch_when(parent.test)
+                if old_when == "either" or old_when is arm:
+                    return True
+            elif isinstance(parent, ast.ExceptHandler) and _is_api_fallback(parent, self.analysis):
+                return True
+        return False
+
+    # ---------------------------------------------------------------- loops
+    def enclosing_loop(self, node: ast.AST) -> ast.AST | None:
+        for _, parent in ancestors(node, self.analysis):
+            if isinstance(parent, Loop):
+                return parent
+        return None
+
+
+def _always_exits(block: list) -> bool:
+    return bool(block) and isinstance(block[-1], _EXITS)
+
+
+def _old_torch_when(test: ast.AST) -> bool | str | None:
+    """Which truth value of ``test`` means an old torch: True, False, "either" (a version check of
+    unclear direction), or None (not a version check)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _old_torch_when(test.operand)
+        return (not inner) if isinstance(inner, bool) else inner
+    if isinstance(test, ast.BoolOp):
+        results = [_old_torch_when(operand) for operand in test.values]
+        versions = [result for result in results if result is not None]
+        if not versions:
+            return None
+        if "either" in versions:
+            return "either"
+        if isinstance(test.op, ast.And):
+            # `old and x` true: old. `new1 and new2` false: one of them failed: old.
+            if True in versions:
+                return True
+            return False if len(versions) == len(results) else None
+        # `new or x` false: not new. `old1 or old2` true: old.
+        if False in versions:
+            return False
+        return True if len(versions) == len(results) else None
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        left, op = test.left, test.ops[0]
+        installed_left = _torch_version_text(left)
+        if not (installed_left or _torch_version_text(test.comparators[0])):
+            return None
+        if isinstance(op, (ast.Lt, ast.LtE)):
+            return installed_left  # installed < X: old when true
+        if isinstance(op, (ast.Gt, ast.GtE)):
+            return not installed_left
+        return "either"
+    text = _normalised(test).lower()
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) and test.func.id in ("hasattr", "getattr"):
+        return False if "torch" in text else None  # hasattr(torch.amp, "GradScaler"): new when true
+    if "torch" in text and ("version" in text or re.search(r"\d", text)):
+        if _NEWER.search(text):
+            return False
+        if _OLDER.search(text):
+            return True
+        return "either"
+    return None
+
+
+def _torch_version_text(node: ast.AST) -> bool:
+    """``torch.__version__``, ``TORCH_VERSION``, ``digit_version(torch.__version__)``."""
+    text = _normalised(node).lower()
+    return "torch" in text and "version" in text
+
+
+def _is_api_fallback(handler: ast.ExceptHandler, analysis: ModuleAnalysis) -> bool:
+    caught = handler.type
+    names = []
+    if caught is None:
+        names = ["Exception"]
+    else:
+        for node in caught.elts if isinstance(caught, ast.Tuple) else [caught]:
+            names.append(node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", ""))
+    if not _FALLBACK_EXCEPTIONS.intersection(names):
+        return False
+    try_node = analysis.parents.get(handler)
+    body = getattr(try_node, "body", [])
+    return any(_NEW_AMP_API.search(_normalised(statement)) for statement in body)

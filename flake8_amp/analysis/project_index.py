@@ -1,0 +1,425 @@
+"""Facts about the rest of the project, for the file being linted.
+
+flake8 and pylint hand the plugin one file at a time, but a hazard is often one step away: the model
+whose ``forward`` runs under autocast is defined in ``models.py`` and called under autocast in
+``train.py``; the loss is scaled by a ``NativeScaler`` from ``utils.py``; a checkpoint spreads
+``**trainer.state_dict()`` of a class defined elsewhere. The project index answers those questions from
+the summaries (:mod:`.summaries`) of the project's other modules:
+
+* what a function or class of another module does (``function_facts``, ``class_facts``);
+* which functions of this file are called inside an autocast region somewhere in the project
+  (``autocast_uses``): every call inside an enabled region, in any module, followed through the calls
+  of the functions it reaches, across modules;
+* which names a star import brings in (``star_bindings``).
+
+The project is the nearest folder above the file holding ``pyproject.toml``, ``setup.cfg``, ``setup.py``
+or ``.git``; a file outside any project is linted alone. The index is built lazily, once per process
+(``flake8 -j`` workers each keep their own), reading only the modules a question needs, plus, for
+``autocast_uses``, every module whose text says "autocast". Each module's summary is cached on disk in
+``<project>/.flake8_amp_cache/`` (self-ignoring, like ``.ruff_cache``), keyed by the file's size and
+modification time, so a second run parses nothing that did not change. A file that cannot be read or
+parsed is skipped, and no failure here ever reaches the file being linted: a question the index cannot
+answer gets "not known". ``--amp-project-index=off`` (pylint: ``amp-project-index=no``) lints every file
+alone and touches no other file.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from .. import __version__
+
+ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
+CACHE_DIRECTORY = ".flake8_amp_cache"
+_SCHEMA = 1
+_SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
+#: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
+_MAX_FILES = 20_000
+#: a cap on the functions the autocast closure visits, and on re-export and base-class chains
+_MAX_CLOSURE = 20_000
+_MAX_CHAIN = 4
+_FLAGS = ("trains", "scales_loss", "steps_scaler", "computes_loss", "returns_half")
+
+
+def find_root(path: str | os.PathLike) -> Path | None:
+    """The nearest folder above ``path`` holding a project marker, or None."""
+    try:
+        current = Path(path).resolve().parent
+    except (OSError, RuntimeError):
+        return None
+    for folder in (current, *current.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    return None
+
+
+class ProjectIndex:
+    """One project's index. Use :meth:`for_file`; instances live as long as the process."""
+
+    _instances: dict[Path, "ProjectIndex"] = {}
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike | None) -> "ProjectIndex | None":
+        if not path or str(path) in ("-", "stdin") or not Path(path).is_file():
+            return None
+        root = find_root(path)
+        if root is None:
+            return None
+        index = cls._instances.get(root)
+        if index is None:
+            index = cls._instances[root] = cls(root)
+        return index
+
+    def __init__(self, root: Path, cache: bool = True) -> None:
+        self.root = root
+        self._facts: dict[Path, dict | None] = {}
+        self._modules: dict[tuple[Path, str], Path | None] = {}
+        self._files: list[Path] | None = None
+        self._uses: dict[Path, dict[str, object]] | None = None
+        self.cache = _DiskCache(root / CACHE_DIRECTORY) if cache else None
+
+    # ---------------------------------------------------------------- the questions
+    def function_facts(self, from_path: str, reference: str) -> dict | None:
+        """The facts of the function (or instance call, ``X.__call__``) a reference names, as seen
+        from ``from_path``; flags are followed through the function's calls into other modules."""
+        try:
+            return self._function_facts(Path(from_path).resolve(), reference, depth=0)
+        except Exception:  # noqa: BLE001 - the index never fails the file being linted
+            return None
+
+    def class_facts(self, from_path: str, reference: str) -> dict | None:
+        try:
+            found = self._lookup(Path(from_path).resolve(), reference, "classes")
+            return found[0] if found else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    def autocast_uses(self, path: str) -> dict[str, object]:
+        """Qualified names (within ``path``) of the functions some call in an enabled autocast region
+        reaches, anywhere in the project, with that region's settings (a ``RegionInfo``)."""
+        try:
+            if self._uses is None:
+                self._uses = self._compute_autocast_uses()
+            return self._uses.get(Path(path).resolve(), {})
+        except Exception:  # noqa: BLE001
+            self._uses = {}
+            return {}
+
+    def star_bindings(self, from_path: str, module: str) -> dict[str, str]:
+        """The names ``from <module> import *`` binds, with what they are (``torch`` -> ``torch``)."""
+        try:
+            target = self._module_path(Path(from_path).resolve(), module)
+            facts = self.module_facts(target) if target else None
+            if not facts:
+                return {}
+            names = dict(facts["imports"])
+            prefix = module if module.endswith(".") else module + "."
+            for name in [*facts["functions"], *facts["classes"]]:
+                if "." not in name:
+                    names.setdefault(name, prefix + name)
+            return {name: value for name, value in names.items() if not name.startswith("_")}
+        except Exception:  # noqa: BLE001
+            return {}
+
+    # ---------------------------------------------------------------- module summaries
+    def module_facts(self, path: Path) -> dict | None:
+        if path in self._facts:
+            return self._facts[path]
+        facts = None
+        try:
+            stat = path.stat()
+            key = self._relative(path)
+            facts = self.cache.get(key, stat.st_size, stat.st_mtime_ns) if self.cache else None
+            if facts is None:
+                facts = _summarise(path)
+                if facts is not None and self.cache:
+                    self.cache.put(key, stat.st_size, stat.st_mtime_ns, facts)
+        except OSError:
+            facts = None
+        self._facts[path] = facts
+        return facts
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    # ---------------------------------------------------------------- resolving references
+    def _module_path(self, from_path: Path, module: str) -> Path | None:
+        """The file a module name means, imported from ``from_path`` (one leading dot per level)."""
+        key = (from_path.parent, module)
+        if key in self._modules:
+            return self._modules[key]
+        found = None
+        level = len(module) - len(module.lstrip("."))
+        parts = [part for part in module[level:].split(".") if part]
+        if level:
+            base = from_path.parent
+            for _ in range(level - 1):
+                base = base.parent
+            bases = [base]
+        else:
+            bases = [folder for folder in (from_path.parent, *from_path.parent.parents) if self._within(folder)]
+            bases.append(self.root / "src")
+        for base in bases:
+            candidate = base.joinpath(*parts) if parts else base
+            for path in (candidate.with_suffix(".py") if parts else None, candidate / "__init__.py"):
+                if path is not None and path.is_file() and self._within(path):
+                    found = path.resolve()
+                    break
+            if found:
+                break
+        self._modules[key] = found
+        return found
+
+    def _within(self, path: Path) -> bool:
+        try:
+            path.relative_to(self.root)
+            return True
+        except ValueError:
+            return False
+
+    def _split(self, from_path: Path, qualified: str) -> tuple[Path, str] | None:
+        """``models.yolo.Model`` -> (models/yolo.py, ``Model``): the longest module prefix that is a file."""
+        level = len(qualified) - len(qualified.lstrip("."))
+        parts = qualified[level:].split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = "." * level + ".".join(parts[:cut])
+            path = self._module_path(from_path, module)
+            if path is not None:
+                return path, ".".join(parts[cut:])
+        if level and len(parts) == 1:  # `from . import helper`: the package's own __init__
+            path = self._module_path(from_path, "." * level)
+            if path is not None:
+                return path, parts[0]
+        return None
+
+    def _lookup(self, from_path: Path, reference: str, kind: str, depth: int = 0) -> tuple[dict, Path, str] | None:
+        """The entry of ``kind`` ("functions" or "classes") a reference names, following re-exports
+        (``from .trainer import Trainer`` in a package's ``__init__``)."""
+        if depth > _MAX_CHAIN or reference.startswith("@"):
+            return None
+        split = self._split(from_path, reference)
+        if split is None:
+            return None
+        path, qualname = split
+        facts = self.module_facts(path)
+        if not facts:
+            return None
+        entry = facts[kind].get(qualname)
+        if entry is not None:
+            return entry, path, qualname
+        head, _, rest = qualname.partition(".")
+        exported = facts["imports"].get(head)
+        if exported:
+            return self._lookup(path, exported + ("." + rest if rest else ""), kind, depth + 1)
+        return None
+
+    def _function_facts(self, from_path: Path, reference: str, depth: int) -> dict | None:
+        if depth > _MAX_CHAIN:
+            return None
+        owner, _, member = reference.rpartition(".")
+        found = self._lookup(from_path, reference, "functions")
+        if found is None and member == "__call__":
+            cls = self._lookup(from_path, owner, "classes")
+            if cls is None:
+                return None
+            _, path, qualname = cls
+            facts = self.module_facts(path) or {}
+            methods = [facts["functions"].get(f"{qualname}.{name}") for name in ("__call__", "forward")]
+            entries = [(entry, path) for entry in methods if entry is not None]
+        elif found is not None:
+            entries = [(found[0], found[1])]
+        else:
+            return None
+        merged = {flag: False for flag in _FLAGS}
+        for entry, path in entries:
+            for flag in _FLAGS:
+                merged[flag] = merged[flag] or bool(entry.get(flag))
+            if "returns_states" in entry:
+                merged["returns_states"] = entry["returns_states"]
+            if not all(merged[flag] for flag in ("trains", "scales_loss")):
+                for callee in entry.get("calls", ()):
+                    if callee.startswith("@"):
+                        continue
+                    chased = self._function_facts(path, callee, depth + 1)
+                    for flag in ("trains", "scales_loss", "steps_scaler"):
+                        merged[flag] = merged[flag] or bool(chased and chased.get(flag))
+        return merged
+
+    # ---------------------------------------------------------------- autocast, project-wide
+    def python_files(self) -> list[Path]:
+        """The project's modules: every .py file under the root, less hidden folders, virtual
+        environments, build output and nested projects (folders with their own marker)."""
+        if self._files is None:
+            files: list[Path] = []
+            for folder, subfolders, names in os.walk(self.root):
+                current = Path(folder)
+                subfolders[:] = [
+                    name
+                    for name in subfolders
+                    if not name.startswith(".")
+                    and name not in _SKIPPED_DIRECTORIES
+                    and not (current / name / "pyvenv.cfg").exists()
+                    and not any((current / name / marker).exists() for marker in ROOT_MARKERS)
+                ]
+                files += [current / name for name in names if name.endswith(".py")]
+                if len(files) > _MAX_FILES:
+                    files = []
+                    break
+            self._files = files
+        return self._files
+
+    def _compute_autocast_uses(self) -> dict[Path, dict[str, object]]:
+        from .summaries import RegionInfo, _riskier
+
+        uses: dict[Path, dict[str, RegionInfo]] = defaultdict(dict)
+        work: list[tuple[Path, str]] = []
+
+        def add(path: Path, qualname: str, info: RegionInfo) -> None:
+            known = uses[path].get(qualname)
+            if known is None or _riskier(info, known):
+                uses[path][qualname] = info
+                work.append((path, qualname))
+
+        manifest = self.cache.manifest() if self.cache else {}
+        changed = False
+        for path in self.python_files():
+            path = path.resolve()
+            key = self._relative(path)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            known = manifest.get(key)
+            if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
+                mentions = known[2]
+            else:
+                try:
+                    mentions = b"autocast" in path.read_bytes()
+                except OSError:
+                    continue
+                manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions]
+                changed = True
+            if not mentions:
+                continue
+            facts = self.module_facts(path)
+            for reference, device, dtype, line in (facts or {}).get("autocast_calls", ()):
+                info = RegionInfo(device, dtype, f"{key}:{line}")
+                for target, qualname in self._targets(path, reference):
+                    add(target, qualname, info)
+        if changed and self.cache:
+            self.cache.save_manifest(manifest)
+        visited = 0
+        while work and visited < _MAX_CLOSURE:
+            visited += 1
+            path, qualname = work.pop()
+            facts = self.module_facts(path) or {}
+            info = uses[path][qualname]
+            for reference in facts.get("functions", {}).get(qualname, {}).get("calls", ()):
+                for target, target_name in self._targets(path, reference):
+                    add(target, target_name, info)
+        return uses
+
+    def _targets(self, from_path: Path, reference: str) -> list[tuple[Path, str]]:
+        """The (file, qualified name) of each function a reference runs."""
+        if reference.startswith("@"):
+            path, qualname = from_path, reference[1:]
+        else:
+            split = self._split(from_path, reference)
+            if split is None:
+                return []
+            path, qualname = split
+        facts = self.module_facts(path)
+        if not facts:
+            return []
+        owner, _, member = qualname.rpartition(".")
+        if member == "__call__":
+            return [(path, f"{owner}.{name}") for name in ("__call__", "forward") if f"{owner}.{name}" in facts["functions"]]
+        if qualname in facts["functions"]:
+            return [(path, qualname)]
+        head, _, rest = qualname.partition(".")
+        exported = facts["imports"].get(head)
+        if exported and not reference.startswith("@"):
+            return self._targets(path, exported + ("." + rest if rest else "")) if exported != reference else []
+        return []
+
+
+def _summarise(path: Path) -> dict | None:
+    """The module's facts, from its own analysis alone (other modules are asked at query time)."""
+    from .module_analysis import ModuleAnalysis
+    from .summaries import Summaries
+
+    try:
+        source = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+        analysis = ModuleAnalysis(tree, path=str(path))
+        try:
+            return analysis.derived(Summaries).module_facts()
+        finally:
+            analysis.release()
+    except (SyntaxError, ValueError, OSError, RecursionError, MemoryError):
+        return None
+    except Exception:  # noqa: BLE001 - a module the summaries cannot read is skipped, never fatal
+        return None
+
+
+class _DiskCache:
+    """Per-module facts on disk, keyed by path, size and modification time; failures only disable it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.base = directory
+        self.directory = directory / f"v{_SCHEMA}-{__version__}"
+        self.enabled = True
+
+    def _entry(self, key: str) -> Path:
+        return self.directory / "modules" / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+
+    def get(self, key: str, size: int, mtime: int) -> dict | None:
+        if not self.enabled:
+            return None
+        try:
+            data = json.loads(self._entry(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if data.get("path") == key and data.get("size") == size and data.get("mtime_ns") == mtime:
+            return data.get("facts")
+        return None
+
+    def put(self, key: str, size: int, mtime: int, facts: dict) -> None:
+        self._write(self._entry(key), {"path": key, "size": size, "mtime_ns": mtime, "facts": facts})
+
+    def manifest(self) -> dict:
+        if not self.enabled:
+            return {}
+        try:
+            data = json.loads((self.directory / "manifest.json").read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_manifest(self, manifest: dict) -> None:
+        self._write(self.directory / "manifest.json", manifest)
+
+    def _write(self, target: Path, data: dict) -> None:
+        if not self.enabled:
+            return
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ignore = self.base / ".gitignore"
+            if not ignore.exists():
+                ignore.write_text("# created by flake8-amp: its project index cache\n*\n", encoding="utf-8")
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+            os.replace(temporary, target)
+        except OSError:
+            self.enabled = False  # a read-only checkout: lint on, without a disk cache

@@ -1,0 +1,457 @@
+"""What each function and class of a module does, so that rules ask facts instead of matching names.
+
+A function *trains* (calls ``backward`` or steps an optimizer, itself or through a function it calls),
+*scales the loss* (``scaler.scale(loss).backward()``), *steps through the scaler*, *computes a loss*
+(returns the result of a loss function), *returns a half-cast value*, or *returns a checkpoint* (a dict
+with an optimizer's state, with or without a GradScaler's). A class *owns a scaler*, and its
+``state_dict()`` includes or omits it. A function is *called inside an autocast region* when a call in an
+enabled region reaches it: directly, through the functions that call it, through an instance call
+(``model(x)`` runs ``Net.forward``) or ``Fn.apply`` (runs ``Fn.forward``), in this module or, through
+the project index, in another one.
+
+Calls are followed by *reference*: ``@name`` for a function or class of this module (``@Net.forward``),
+the qualified name as imported for anything else (``models.yolo.Model``, ``.losses.kd_loss``); an
+instance call is ``<class>.__call__`` and ``Fn.apply`` is ``Fn.forward``. References are what the project
+index stores and resolves across files.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+from .autocast_regions import AutocastRegion
+from .bindings import Bindings, alternatives
+from .dataflow import evaluate
+from .module_analysis import ModuleAnalysis, call_name
+from .torch_api import AUTOGRAD_FUNCTION_BASES, GRAD_SCALER_CONSTRUCTORS
+from .training_calls import (
+    DIRECT_STEP,
+    PLAIN_BACKWARD,
+    SCALED_BACKWARD,
+    SCALER_STEP,
+    WRAPPER_BACKWARD,
+    TrainingCalls,
+)
+
+FunctionNode = (ast.FunctionDef, ast.AsyncFunctionDef)
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+LOCAL = "@"
+INSTANCE_CALL = "__call__"
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    """The settings of the autocast region a function is called in (``None``: not literal)."""
+
+    device_type: str | None
+    dtype: str | None
+    #: where the call that reaches the function is: "line 42" or "train.py:42"
+    where: str
+
+    @staticmethod
+    def of(region: AutocastRegion, where: str) -> "RegionInfo":
+        return RegionInfo(region.device_type, region.effective_dtype, where)
+
+    def as_region(self, function: ast.AST) -> AutocastRegion:
+        return AutocastRegion(
+            node=function,
+            api=f"autocast region at {self.where}",
+            device_type=self.device_type,
+            dtype=self.dtype,
+            enabled=None,
+            dtype_known=True,
+            inherited=True,
+        )
+
+
+class Summaries:
+    """Use as ``analysis.derived(Summaries)``."""
+
+    def __init__(self, analysis: ModuleAnalysis) -> None:
+        self.analysis = analysis
+        self.bindings = analysis.derived(Bindings)
+        self._facts: dict[object, dict] = {}
+        self._pending: set[object] = set()
+
+    # ---------------------------------------------------------------- this module's definitions
+    @cached_property
+    def definitions(self) -> dict[str, ast.AST]:
+        """Functions and classes by qualified name within the module (``Trainer.step``)."""
+        found: dict[str, ast.AST] = {}
+        pending: list[tuple[str, list]] = [("", self.analysis.tree.body)]
+        while pending:
+            prefix, body = pending.pop()
+            for statement in body:
+                if isinstance(statement, (*FunctionNode, ast.ClassDef)):
+                    name = prefix + statement.name
+                    found.setdefault(name, statement)
+                    pending.append((name + ".", statement.body))
+                elif isinstance(statement, (ast.If, ast.Try)):
+                    pending.append((prefix, statement.body))
+                    pending.append((prefix, statement.orelse))
+        return found
+
+    @cached_property
+    def qualname_of(self) -> dict[ast.AST, str]:
+        return {node: name for name, node in self.definitions.items()}
+
+    def method(self, cls: ast.ClassDef, name: str) -> ast.AST | None:
+        """A method of a class of this module, or of a base class of this module."""
+        seen = set()
+        while cls is not None and cls not in seen:
+            seen.add(cls)
+            for statement in cls.body:
+                if isinstance(statement, FunctionNode) and statement.name == name:
+                    return statement
+            cls = next((self._local_class(base) for base in cls.bases if self._local_class(base)), None)  # type: ignore[assignment]
+        return None
+
+    def _local_class(self, node: ast.AST) -> ast.ClassDef | None:
+        if isinstance(node, ast.Name):
+            found = self.definitions.get(node.id)
+            return found if isinstance(found, ast.ClassDef) else None
+        return None
+
+    def is_autograd_function(self, cls: ast.ClassDef) -> bool:
+        return any(self.analysis.resolve(base) in AUTOGRAD_FUNCTION_BASES for base in cls.bases)
+
+    def function_of(self, node: ast.AST) -> ast.AST | None:
+        """The function (not lambda or class body) ``node`` runs in; None for the module body."""
+        scope = self.bindings.scope_of(node)
+        while scope is not None and not isinstance(scope, FunctionNode):
+            scope = self.bindings.scope_of(scope)
+        return scope
+
+    # ---------------------------------------------------------------- what a call reaches
+    def call_reference(self, call: ast.Call) -> str | None:
+        """The reference of what ``call`` runs (see the module doc), or None when the source does not say."""
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr == "apply":
+            cls = self._local_class(func.value)
+            if cls is not None:
+                return f"{LOCAL}{cls.name}.forward"
+            qualified = self.analysis.resolve(func.value)
+            return f"{qualified}.forward" if qualified else None
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("self", "cls"):
+            owner = self._enclosing_class(call)
+            if owner is not None and self.method(owner, func.attr) is not None:
+                return f"{LOCAL}{self.qualname_of[owner]}.{func.attr}"
+        instance = self._instance_class(func)
+        if instance is not None:
+            return f"{instance}.{INSTANCE_CALL}"
+        if isinstance(func, ast.Attribute):
+            owner_class = self._instance_class(func.value)
+            if owner_class is not None:
+                return f"{owner_class}.{func.attr}"
+        if isinstance(func, ast.Name):
+            for binding in self.bindings.reaching(func):
+                if isinstance(binding.statement, FunctionNode) and binding.statement.name == func.id:
+                    name = self.qualname_of.get(binding.statement)
+                    return f"{LOCAL}{name}" if name else None
+        qualified = self.analysis.resolve(func)
+        return qualified if qualified and not qualified.startswith("torch.") else None
+
+    def _instance_class(self, node: ast.AST) -> str | None:
+        """The class (reference) whose instance ``node`` holds: ``model = Net()``, ``self.head = Head()``."""
+        if not isinstance(node, (ast.Name, ast.Attribute)):
+            return None
+        if isinstance(node, ast.Name):
+            annotated = self._annotated_class(node)
+            if annotated is not None:
+                return annotated
+            constructions = [
+                candidate
+                for value in self.bindings.reaching_values(node)
+                for candidate in alternatives(value)  # type: ignore[arg-type]
+                if isinstance(candidate, ast.Call)
+            ]
+        else:
+            constructions = self.bindings.constructions(node)
+        for construction in constructions:
+            construction = _strip_module_methods(construction)
+            cls = self._local_class(construction.func)
+            if cls is not None:
+                return f"{LOCAL}{self.qualname_of[cls]}"
+            qualified = self.analysis.resolve(construction.func)
+            if qualified and not qualified.startswith("torch.") and qualified.rpartition(".")[2][:1].isupper():
+                return qualified
+        return None
+
+    def _annotated_class(self, node: ast.Name) -> str | None:
+        """``def save(trainer: Trainer, ...)``: a parameter annotated with a class holds an instance of it."""
+        for binding in self.bindings.reaching(node):
+            function = binding.statement
+            if binding.value is not None or not isinstance(function, (*FunctionNode, ast.Lambda)):
+                continue
+            arguments = function.args
+            for argument in arguments.posonlyargs + arguments.args + arguments.kwonlyargs:
+                annotation = argument.annotation
+                if argument.arg != node.id or annotation is None:
+                    continue
+                if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+                    annotation = ast.Name(id=annotation.value, ctx=ast.Load())
+                cls = self._local_class(annotation)
+                if cls is not None:
+                    return f"{LOCAL}{self.qualname_of[cls]}"
+                qualified = self.analysis.resolve(annotation)
+                if qualified and not qualified.startswith(("torch.", "typing.")):
+                    return qualified
+        return None
+
+    def _enclosing_class(self, node: ast.AST) -> ast.ClassDef | None:
+        scope = self.bindings.scope_of(node)
+        while scope is not None and not isinstance(scope, ast.ClassDef):
+            scope = self.bindings.scope_of(scope)
+        return scope
+
+    def local_targets(self, reference: str) -> list[ast.AST]:
+        """The functions of this module a local reference runs (an instance call runs ``__call__`` or
+        ``forward``)."""
+        if not reference.startswith(LOCAL):
+            return []
+        name = reference[len(LOCAL) :]
+        owner, _, member = name.rpartition(".")
+        if member == INSTANCE_CALL:
+            cls = self.definitions.get(owner)
+            if isinstance(cls, ast.ClassDef):
+                return [m for m in (self.method(cls, "__call__"), self.method(cls, "forward")) if m is not None]
+            return []
+        node = self.definitions.get(name)
+        if isinstance(node, FunctionNode):
+            return [node]
+        cls = self.definitions.get(owner)
+        if isinstance(cls, ast.ClassDef):
+            found = self.method(cls, member)
+            return [found] if found is not None else []
+        return []
+
+    def calls_in(self, body: list[ast.stmt]) -> Iterator[ast.Call]:
+        """The calls that run when ``body`` runs: not inside nested functions, classes or lambdas, nor
+        inside a nested ``autocast(enabled=False)`` block."""
+        pending: list[ast.AST] = list(reversed(body))
+        region_of = self.analysis.region_of_with_item
+        while pending:
+            node = pending.pop()
+            if isinstance(node, _NESTED_SCOPES):
+                continue
+            if isinstance(node, (ast.With, ast.AsyncWith)) and any(
+                (region := region_of(item.context_expr, node)) is not None and region.enabled is False for item in node.items
+            ):
+                pending += reversed([item.context_expr for item in node.items])
+                continue
+            if isinstance(node, ast.Call):
+                yield node
+            pending += reversed(list(ast.iter_child_nodes(node)))
+
+    # ---------------------------------------------------------------- called under autocast
+    def inherited_region(self, function: ast.AST) -> AutocastRegion | None:
+        """The autocast region ``function`` runs in because a call inside one reaches it."""
+        info = self._called_under_autocast.get(function)
+        return info.as_region(function) if info is not None else None
+
+    @property
+    def runs_under_autocast(self) -> bool:
+        """Some function of this module is called inside an enabled autocast region."""
+        return bool(self._called_under_autocast)
+
+    @cached_property
+    def _called_under_autocast(self) -> dict[ast.AST, RegionInfo]:
+        marked: dict[ast.AST, RegionInfo] = {}
+        work: list[ast.AST] = []
+
+        def mark(target: ast.AST, info: RegionInfo) -> None:
+            if target not in marked or _riskier(info, marked[target]):
+                marked[target] = info
+                work.append(target)
+
+        for region in self.analysis.regions:
+            if not region.may_be_enabled:
+                continue
+            body = region.node.body  # type: ignore[attr-defined]
+            for call in self.calls_in(body):
+                reference = self.call_reference(call)
+                for target in self.local_targets(reference) if reference else ():
+                    mark(target, RegionInfo.of(region, f"line {call.lineno}"))
+        project = self.analysis.project
+        if project is not None and self.analysis.path:
+            for qualname, info in project.autocast_uses(self.analysis.path).items():
+                for target in self.local_targets(LOCAL + qualname):
+                    mark(target, info)
+        while work:
+            function = work.pop()
+            info = marked[function]
+            for call in self.calls_in(function.body):  # type: ignore[attr-defined]
+                reference = self.call_reference(call)
+                for target in self.local_targets(reference) if reference else ():
+                    mark(target, info)
+        return marked
+
+    # ---------------------------------------------------------------- function facts
+    def facts(self, function: ast.AST) -> dict:
+        """The facts of a function of this module (see :data:`FACT_NAMES`)."""
+        return evaluate(function, self._fact_parts, self._combine_facts, self._facts, self._pending) or {}
+
+    def _fact_parts(self, function: object) -> list:
+        references = self._references(function)  # type: ignore[arg-type]
+        return [target for reference in references for target in self.local_targets(reference)]
+
+    def _references(self, function: ast.AST) -> list[str]:
+        found = self._reference_cache.get(function)
+        if found is None:
+            found = [r for call in self.calls_in(function.body) if (r := self.call_reference(call))]  # type: ignore[attr-defined]
+            self._reference_cache[function] = found
+        return found
+
+    @cached_property
+    def _reference_cache(self) -> dict[ast.AST, list[str]]:
+        return {}
+
+    def _combine_facts(self, function: object, facts: dict) -> dict:
+        assert isinstance(function, FunctionNode)
+        training = self.analysis.derived(TrainingCalls)
+        kinds = {event.kind for event in training.events(function)}
+        local = [facts.get(target) or {} for target in self._fact_parts(function)]
+        foreign = [self._foreign_facts(r) for r in self._references(function) if not r.startswith(LOCAL)]
+        callees = local + [f for f in foreign if f]
+        scaled = SCALED_BACKWARD in kinds or any(c.get("scales_loss") for c in callees)
+        trains = bool(kinds & {SCALED_BACKWARD, PLAIN_BACKWARD, WRAPPER_BACKWARD, DIRECT_STEP, SCALER_STEP})
+        return {
+            "trains": trains or any(c.get("trains") for c in callees),
+            "scales_loss": scaled,
+            "steps_scaler": SCALER_STEP in kinds or any(c.get("steps_scaler") for c in callees),
+            "computes_loss": self._returns(function, self._is_loss_value),
+            "returns_half": self._returns(function, self._is_half_value),
+        }
+
+    def _foreign_facts(self, reference: str) -> dict | None:
+        project = self.analysis.project
+        if project is None or not self.analysis.path:
+            return None
+        return project.function_facts(self.analysis.path, reference)
+
+    def _returns(self, function: ast.AST, predicate) -> bool:
+        for node in ast.walk(function):
+            if isinstance(node, ast.Return) and node.value is not None and self.function_of(node) is function:
+                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                if any(predicate(value) for value in values):
+                    return True
+        return False
+
+    def _is_loss_value(self, value: ast.AST) -> bool:
+        from .losses import is_loss_call  # losses asks these summaries in turn
+
+        candidates = [value]
+        if isinstance(value, ast.Name):
+            candidates = self.bindings.reaching_values(value)
+        for candidate in candidates:
+            while isinstance(candidate, ast.BinOp):  # kd_weight * kl_div(...) / T
+                candidate = candidate.left if isinstance(candidate.left, ast.Call) else candidate.right
+            if isinstance(candidate, ast.Call) and is_loss_call(candidate, self.analysis):
+                return True
+        return False
+
+    def _is_half_value(self, value: ast.AST) -> bool:
+        from .low_precision import LowPrecisionFlow
+
+        origin = self.analysis.derived(LowPrecisionFlow).origin(value)
+        return origin is not None and origin.kind == "cast" and origin.dtype == "float16"
+
+    def callee_facts(self, call: ast.Call) -> dict | None:
+        """The facts of what ``call`` runs, in this module or (through the project index) another."""
+        reference = self.call_reference(call)
+        if reference is None:
+            return None
+        targets = self.local_targets(reference)
+        if targets:
+            merged: dict = {}
+            for target in targets:
+                for name, value in self.facts(target).items():
+                    merged[name] = merged.get(name) or value
+            return merged
+        if reference.startswith(LOCAL):
+            return None
+        return self._foreign_facts(reference)
+
+    # ---------------------------------------------------------------- class facts
+    def class_facts(self, cls: ast.ClassDef) -> dict:
+        """``owns_scaler``; ``state_dict``: None without a ``state_dict()`` method, else which states
+        its returned dict holds (``{"optimizer": True, "scaler": False}``)."""
+        owns_scaler = any(
+            self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS and self._enclosing_class(call) is cls
+            for call in self.analysis.derived(TrainingCalls).grad_scaler_constructions
+        )
+        method = self.method(cls, "state_dict")
+        return {"owns_scaler": owns_scaler, "state_dict": self.returned_states(method) if method is not None else None}
+
+    def returned_states(self, function: ast.AST) -> dict | None:
+        """Which states the dict a function returns holds: ``{"optimizer": bool, "scaler": bool}``, or
+        None when it returns no dict the source shows."""
+        from .checkpoints import checkpoint_states  # checkpoints reads summaries too
+
+        for node in ast.walk(function):
+            if isinstance(node, ast.Return) and node.value is not None and self.function_of(node) is function:
+                states = checkpoint_states(node.value, self.analysis)
+                if states is not None:
+                    return states
+        return None
+
+    # ---------------------------------------------------------------- for the project index
+    def module_facts(self) -> dict:
+        """What other modules may ask of this one, as plain data (cached on disk by the index)."""
+        functions = {}
+        classes = {}
+        for name, node in self.definitions.items():
+            if isinstance(node, FunctionNode):
+                facts = dict(self.facts(node))
+                facts["calls"] = sorted(set(self._references(node)))
+                states = self.returned_states(node) if name.rpartition(".")[2] != "state_dict" else None
+                if states is not None:
+                    facts["returns_states"] = states
+                functions[name] = facts
+            elif isinstance(node, ast.ClassDef):
+                facts = self.class_facts(node)
+                facts["bases"] = [ref for base in node.bases if (ref := self._base_reference(base))]
+                facts["autograd_function"] = self.is_autograd_function(node)
+                classes[name] = facts
+        autocast_calls = []
+        for region in self.analysis.regions:
+            if region.may_be_enabled:
+                for call in self.calls_in(region.node.body):  # type: ignore[attr-defined]
+                    reference = self.call_reference(call)
+                    if reference is not None:
+                        autocast_calls.append([reference, region.device_type, region.effective_dtype, call.lineno])
+        return {
+            "functions": functions,
+            "classes": classes,
+            "autocast_calls": autocast_calls,
+            "imports": self.analysis.imports.bindings(),
+        }
+
+    def _base_reference(self, base: ast.AST) -> str | None:
+        cls = self._local_class(base)
+        if cls is not None:
+            return LOCAL + self.qualname_of[cls]
+        return self.analysis.resolve(base)
+
+
+# nn.Module methods that return the module itself: `Net().cuda().eval()` is still a Net.
+_RETURNS_THE_MODULE = frozenset({"to", "cuda", "cpu", "half", "float", "double", "bfloat16", "train", "eval", "requires_grad_", "share_memory"})
+
+
+def _strip_module_methods(call: ast.Call) -> ast.Call:
+    while (
+        isinstance(call.func, ast.Attribute)
+        and call.func.attr in _RETURNS_THE_MODULE
+        and isinstance(call.func.value, ast.Call)
+    ):
+        call = call.func.value
+    return call
+
+
+def _riskier(new: RegionInfo, old: RegionInfo) -> bool:
+    """float16 on CUDA is where the range rules matter most: it wins over other call sites."""
+    rank = {"float16": 2, None: 1, "bfloat16": 0}
+    return rank.get(new.dtype, 0) > rank.get(old.dtype, 0)
