@@ -8,9 +8,10 @@ A read inside a function sees the function's own bindings if it has any (Python 
 to the whole function): the last one before the read in source order, and earlier ones too while the
 later ones sit in a branch or loop that the read is not inside (``x = a`` / ``if c: x = b`` / ``use(x)``
 sees both); a binding in the other arm of an ``if`` around the read never reaches it. A name the
-function does not bind is read from the enclosing function, then the module, where every binding may
-have run before the call. ``self.attr`` sees every binding of the module. Loop back-edges are not
-followed: a read sees bindings above it.
+function does not bind is read from the enclosing function (any of its bindings), then the module,
+where the bindings that reach the end of the module count: functions run once the module has run.
+``self.attr`` sees every binding of the module. Loop back-edges are not followed: a read sees bindings
+above it.
 
 Each lookup is a binary search in its scope's sorted bindings plus a short walk back, memoised per read:
 linear in the size of the module.
@@ -46,6 +47,8 @@ class Binding:
     #: ``a, b = pair``: the value is the whole right-hand side
     unpacked: bool = False
     position: Position = field(default=(0, 0))
+    #: made by a function for its ``global`` name: it happens when the function runs, if it does
+    from_a_function: bool = False
 
 
 def parameter_names(function: ast.AST) -> set[str]:
@@ -83,12 +86,25 @@ class Bindings:
         self._arms: dict[ast.AST, tuple[Arm, ...]] = {}
         self._reaching: dict[ast.AST, list[Binding]] = {}
         self._constructions: dict[str, list[ast.Call]] = {}
+        self._values: dict[str, list[ast.AST]] = {}
+        self._classes: dict[str, set[str]] = {}
+        self._module_end: dict[str, list[Binding]] = {}
+        self._reached: dict[str, dict[Binding, list[ast.AST]]] = {}
+        self._reads: dict[str, list[ast.AST]] | None = None
         self._by_statement: dict[ast.AST, list[Binding]] = defaultdict(list)
         self._globals: dict[ast.AST, set[str]] = defaultdict(set)
         for declaration in analysis.nodes(ast.Global):
             self._globals[self.scope_of(declaration)].update(declaration.names)
         self._record_all()
         self._index_arms()
+        self._comprehension_targets = {
+            target.id
+            for node_type in _COMPREHENSIONS
+            for comprehension in analysis.nodes(node_type)
+            for generator in comprehension.generators  # type: ignore[attr-defined]
+            for target in ast.walk(generator.target)
+            if isinstance(target, ast.Name)
+        }
 
     # ---------------------------------------------------------------- queries
     def bound_values(self, node: ast.AST) -> list[ast.AST]:
@@ -96,7 +112,10 @@ class Bindings:
         key = binding_key(node)
         if key is None:
             return []
-        return [binding.value for binding in self._by_key.get(key, ()) if binding.value is not None]
+        found = self._values.get(key)
+        if found is None:
+            found = self._values[key] = [b.value for b in self._by_key.get(key, ()) if b.value is not None]
+        return found
 
     def is_bound(self, key: str) -> bool:
         return key in self._by_key
@@ -120,11 +139,41 @@ class Bindings:
 
     def constructed_classes(self, node: ast.AST) -> set[str]:
         """Qualified names of the imported classes whose instances ``node`` may hold."""
-        resolve = self.analysis.resolve
-        return {qualified for call in self.constructions(node) if (qualified := resolve(call.func))}
+        key = binding_key(node)
+        if key is None:
+            return set()
+        found = self._classes.get(key)
+        if found is None:
+            resolve = self.analysis.resolve
+            found = self._classes[key] = {q for call in self.constructions(node) if (q := resolve(call.func))}
+        return found
+
+    def reads_reached_by(self, binding: Binding) -> list[ast.AST]:
+        """The reads ``binding`` may give their value to (the reverse of :meth:`reaching`), in source order."""
+        index = self._reached.get(binding.key)
+        if index is None:
+            index = self._reached[binding.key] = defaultdict(list)
+            for read in self.reads_of(binding.key):
+                for reaching in self.reaching(read):
+                    index[reaching].append(read)
+        return index.get(binding, [])
 
     def bindings_of(self, key: str) -> list[Binding]:
         return self._by_key.get(key, [])
+
+    def reads_of(self, key: str) -> list[ast.AST]:
+        """Every read (load) of a name or ``self.attr`` in the module, in source order."""
+        if self._reads is None:
+            reads: dict[str, list[ast.AST]] = defaultdict(list)
+            for node in self.analysis.nodes(ast.Name):
+                if isinstance(node.ctx, ast.Load):
+                    reads[node.id].append(node)
+            for node in self.analysis.nodes(ast.Attribute):
+                read_key = binding_key(node) if isinstance(node.ctx, ast.Load) else None
+                if read_key is not None:
+                    reads[read_key].append(node)
+            self._reads = reads
+        return self._reads.get(key, [])
 
     def made_by(self, statement: ast.AST) -> list[Binding]:
         """The bindings a statement (or a ``def``, a parameter list's function ...) makes."""
@@ -230,11 +279,12 @@ class Bindings:
         unpacked: bool = False,
         position: Position | None = None,
     ) -> None:
-        if scope is not None and key in self._globals.get(scope, ()):
+        from_a_function = scope is not None and key in self._globals.get(scope, ())
+        if from_a_function:
             scope = None
         if position is None:
             position = (getattr(statement, "lineno", 0), getattr(statement, "col_offset", 0))
-        binding = Binding(key, scope, statement, value, unpacked, position)
+        binding = Binding(key, scope, statement, value, unpacked, position, from_a_function)
         self._by_statement[statement].append(binding)
         self._by_key[key].append(binding)
         self._by_scope.setdefault((scope, key), []).append(binding)
@@ -270,7 +320,7 @@ class Bindings:
             return []
         if key.startswith("self."):
             return self._by_key[key]
-        if _bound_by_comprehension(node, key, self.analysis):
+        if key in self._comprehension_targets and _bound_by_comprehension(node, key, self.analysis):
             return []
         scope = self.scope_of(node)
         use = self.analysis.statement_of(node)
@@ -282,11 +332,22 @@ class Bindings:
             if bindings:
                 if first:
                     return self._ordered(scope, key, use)
-                return bindings  # an enclosing scope: any of its bindings may have run before the call
+                if scope is None:
+                    return self._at_module_end(key)
+                return bindings  # an enclosing function: any of its bindings may have run before the call
             if scope is None:
                 return []
             scope = self._enclosing_function_scope(scope)
             first = False
+
+    def _at_module_end(self, key: str) -> list[Binding]:
+        """What a function sees of a module-level name: the bindings that reach the end of the module
+        (functions run once the module has run: ``model = None`` ... ``if __name__ == "__main__": model =
+        Net()`` gives both), one answer per name."""
+        found = self._module_end.get(key)
+        if found is None:
+            found = self._module_end[key] = self._ordered(None, key, None)
+        return found
 
     def _enclosing_function_scope(self, scope: ast.AST) -> ast.AST | None:
         """The scope a function reads free names from: class bodies in between are skipped."""
@@ -295,21 +356,32 @@ class Bindings:
             current = self.scope_of(current)
         return current
 
-    def _ordered(self, scope: ast.AST | None, key: str, use: ast.AST) -> list[Binding]:
+    def _ordered(self, scope: ast.AST | None, key: str, use: ast.AST | None) -> list[Binding]:
+        """The bindings of ``scope`` that reach ``use`` (None: the end of the scope)."""
         bindings = self._by_scope[(scope, key)]
-        position = (getattr(use, "lineno", 0), getattr(use, "col_offset", 0))
-        # Bindings at the read's own statement come after the read (`x = x + 1` reads the previous x).
-        index = bisect.bisect_left(self._positions[(scope, key)], position)
-        use_arms = self._arms.get(use, ())
+        if use is None:
+            index, use_arms = len(bindings), ()
+        else:
+            position = (getattr(use, "lineno", 0), getattr(use, "col_offset", 0))
+            # Bindings at the read's own statement come after the read (`x = x + 1` reads the previous x).
+            index = bisect.bisect_left(self._positions[(scope, key)], position)
+            use_arms = self._arms.get(use, ())
         found: list[Binding] = []
+        covered: set[Arm] = set()  # arms of ifs around bindings found so far, where the read is not
         for position_index in range(index - 1, -1, -1):
             binding = bindings[position_index]
             binding_arms = self._arms.get(binding.statement, ())
             if _exclusive(binding_arms, use_arms):
                 continue
             found.append(binding)
-            if use_arms[: len(binding_arms)] == binding_arms or len(found) >= _MAX_REACHING:
+            if len(found) >= _MAX_REACHING:
+                break
+            if binding.from_a_function:
+                continue  # it binds the name only if that function runs
+            if use_arms[: len(binding_arms)] == binding_arms:
                 break  # it always runs before the read: nothing earlier reaches past it
+            if _both_arms_bound(binding_arms, use_arms, covered):
+                break  # `if c: x = a else: x = b`: whichever arm ran, it bound the name
         return found
 
 
@@ -326,6 +398,19 @@ def _in_place_cast_root(value: ast.AST) -> ast.AST | None:
     while isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Attribute) and receiver.func.attr in _CASTS_IN_PLACE:
         receiver = receiver.func.value
     return receiver if isinstance(receiver, (ast.Name, ast.Attribute)) and binding_key(receiver) else None
+
+
+def _both_arms_bound(binding_arms: tuple[Arm, ...], use_arms: tuple[Arm, ...], covered: set[Arm]) -> bool:
+    """Record the ``if`` arm where the binding's path leaves the read's; True once both arms of that
+    ``if`` bind the name (with nothing else in between: the binding sits directly in the arm)."""
+    depth = len(use_arms)
+    if len(binding_arms) != depth + 1 or binding_arms[:depth] != use_arms:
+        return False
+    node, arm_field = binding_arms[depth]
+    if not isinstance(node, ast.If):
+        return False
+    covered.add((node, arm_field))
+    return (node, "body") in covered and (node, "orelse") in covered
 
 
 def _exclusive(a: tuple[Arm, ...], b: tuple[Arm, ...]) -> bool:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 
 from .bindings import Bindings
 from .dataflow import evaluate
 from .dtypes import FP16_MAX, FP16_ZERO_ROUNDING_LIMIT
-from .module_analysis import ModuleAnalysis
+from .module_analysis import ModuleAnalysis, binding_key
 
 _NOT_CONSTANT = None
 
@@ -29,6 +30,7 @@ class Constants:
         self.bindings = analysis.derived(Bindings)
         self._values: dict[object, float | None] = {}
         self._pending: set[object] = set()
+        self._constant_keys: dict[str | None, bool] = {}
 
     def value(self, node: ast.AST | None) -> float | None:
         """The float value of ``node`` when the source fixes it, else None (``float("-inf")`` is -inf)."""
@@ -54,8 +56,8 @@ class Constants:
                 return None
             try:
                 return float(node.value)
-            except OverflowError:
-                return None  # an integer literal beyond float range
+            except OverflowError:  # an integer literal beyond float range: as far out as a float goes
+                return sys.float_info.max  # a literal int is never negative: -10**400 is a UnaryOp
         if isinstance(node, ast.UnaryOp):
             operand = values.get(node.operand)
             if operand is None or not isinstance(node.op, (ast.USub, ast.UAdd)):
@@ -67,8 +69,12 @@ class Constants:
                 return None
             try:
                 result = left * right if isinstance(node.op, ast.Mult) else left**right
-            except (OverflowError, ZeroDivisionError):
+            except ZeroDivisionError:
                 return None
+            except OverflowError:  # 10**400: beyond float range, as far out as a float goes
+                return sys.float_info.max if left > 0 or isinstance(node.op, ast.Pow) and right % 2 == 0 else -sys.float_info.max
+            if isinstance(result, float) and math.isinf(result) and math.isfinite(left) and math.isfinite(right):
+                return math.copysign(sys.float_info.max, result)
             return float(result) if isinstance(result, float) and not math.isnan(result) else None
         if isinstance(node, ast.Call) and self._is_builtin_float(node):
             argument = node.args[0]
@@ -96,11 +102,12 @@ class Constants:
         )
 
     def _may_be_bound_to_a_constant(self, node: ast.Name | ast.Attribute) -> bool:
-        """Decided on the shape of the bindings alone, before any scope work: the common case (a name
-        bound to a tensor) costs a dictionary lookup."""
-        return any(
-            value is not None and _looks_constant(value) for value in self.bindings.bound_values(node)
-        )
+        """Decided once per name on the shape of its bindings alone, before any scope work: the common
+        case (a name bound to a tensor) then costs a dictionary lookup."""
+        key = binding_key(node)
+        if key not in self._constant_keys:
+            self._constant_keys[key] = any(_looks_constant(value) for value in self.bindings.bound_values(node))  # type: ignore[arg-type]
+        return self._constant_keys[key]
 
 
 def _looks_constant(value: ast.expr) -> bool:

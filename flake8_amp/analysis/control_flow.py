@@ -138,6 +138,8 @@ class ControlFlow:
         """The facts that hold wherever ``node`` runs, within its function."""
         statement = self.analysis.statement_of(node)
         facts = self._facts_of_statement(statement)
+        if statement not in self._statements_with_conditional_expressions:
+            return facts
         extra: set[Fact] = set()
         for child, parent in ancestors(node, self.analysis):
             if parent is statement:
@@ -190,6 +192,10 @@ class ControlFlow:
             if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 return parent.body
         return self.analysis.tree.body
+
+    @cached_property
+    def _statements_with_conditional_expressions(self) -> set[ast.AST]:
+        return {self.analysis.statement_of(node) for node in self.analysis.nodes(ast.IfExp)}
 
     def may_share_a_pass(self, a: ast.AST, b: ast.AST) -> bool:
         return consistent(self.assumptions(a), self.assumptions(b))

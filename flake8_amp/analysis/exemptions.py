@@ -48,6 +48,7 @@ class ExemptionPolicy:
         self.flow = analysis.derived(ControlFlow)
         path = PurePath(analysis.path) if analysis.path else None
         self.test_module = path is not None and bool(_TEST_MODULE.match(path.name))
+        self._tests: dict[ast.AST, bool] = {}
 
     def exemption(self, node: ast.AST, rule: "Rule") -> str | None:
         """Why a finding of ``rule`` at ``node`` would be wrong, or None when it stands."""
@@ -66,7 +67,13 @@ class ExemptionPolicy:
     def in_test(self, node: ast.AST) -> bool:
         if self.test_module:
             return True
-        for _, parent in ancestors(node, self.analysis, cross_scopes=True):
+        statement = self.analysis.statement_of(node)  # what decides it lies above the statement
+        if statement not in self._tests:
+            self._tests[statement] = self._in_test(statement)
+        return self._tests[statement]
+
+    def _in_test(self, statement: ast.AST) -> bool:
+        for _, parent in ancestors(statement, self.analysis, cross_scopes=True):
             if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 if parent.name.startswith("test") or any(_is_fixture(d, self.analysis) for d in parent.decorator_list):
                     return True
@@ -78,7 +85,7 @@ class ExemptionPolicy:
     def evaluation_only(self, node: ast.AST) -> bool:
         if self.analysis.context(node).grad_disabled:
             return True
-        for child, parent in ancestors(node, self.analysis, cross_scopes=True):
+        for child, parent in ancestors(self.analysis.statement_of(node), self.analysis, cross_scopes=True):
             if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and parent.name in _EVALUATION_HOOKS:
                 owner = self.analysis.parents.get(parent)
                 if isinstance(owner, ast.ClassDef) and any(

@@ -90,6 +90,8 @@ class ModuleAnalysis:
         self.parents: dict[ast.AST, ast.AST] = {}
         self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
         self._contexts: dict[ast.AST, Context] = {}
+        self._statements: dict[ast.AST, ast.stmt] = {}
+        self._chain_ends: dict[ast.AST, ast.AST] = {}
         self._derived: dict[Callable, object] = {}
         self._walk()
 
@@ -194,9 +196,19 @@ class ModuleAnalysis:
                 self.imports.bind(local, qualified)
 
     def statement_of(self, node: ast.AST) -> ast.stmt:
+        """The statement ``node`` is part of (memoised: deep expressions cost one walk)."""
+        statements = self._statements
+        chain = []
         while not isinstance(node, ast.stmt):
+            known = statements.get(node)
+            if known is not None:
+                node = known
+                break
+            chain.append(node)
             node = self.parents[node]
-        return node
+        for visited in chain:
+            statements[visited] = node  # type: ignore[assignment]
+        return node  # type: ignore[return-value]
 
     def enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         return self.context(node).function  # type: ignore[return-value]
@@ -346,16 +358,29 @@ def _child_fields_reversed(node_type: type) -> tuple[str, ...]:
 
 def method_chain_end(call: ast.Call, analysis: ModuleAnalysis) -> ast.AST:
     """``Net().half().cuda()``: the last call chained onto ``call``, stopping before a cast back to full
-    precision (``.float()``, ``.double()``), which makes the chain's value a different thing."""
+    precision (``.float()``, ``.double()``), which makes the chain's value a different thing. Every call
+    of a chain is answered at once, so a chain of any length costs time linear in its length."""
+    ends = analysis._chain_ends
+    if call in ends:
+        return ends[call]
+    chain: list[ast.AST] = [call]
     outer: ast.AST = call
-    parent = analysis.parents.get(outer)
+    parents = analysis.parents
+    parent = parents.get(outer)
     while (
         isinstance(parent, ast.Attribute)
         and parent.attr not in ("float", "double")
-        and isinstance(analysis.parents.get(parent), ast.Call)
+        and isinstance(grandparent := parents.get(parent), ast.Call)
+        and grandparent.func is parent
     ):
-        outer = analysis.parents[parent]
-        parent = analysis.parents.get(outer)
+        outer = grandparent
+        if outer in ends:
+            outer = ends[outer]
+            break
+        chain.append(outer)
+        parent = parents.get(outer)
+    for link in chain:
+        ends[link] = outer
     return outer
 
 

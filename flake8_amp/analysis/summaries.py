@@ -159,17 +159,23 @@ class Summaries:
         if not isinstance(node, (ast.Name, ast.Attribute)):
             return None
         if isinstance(node, ast.Name):
-            annotated = self._annotated_class(node)
-            if annotated is not None:
-                return annotated
-            constructions = [
-                candidate
-                for value in self.bindings.reaching_values(node)
-                for candidate in alternatives(value)  # type: ignore[arg-type]
-                if isinstance(candidate, ast.Call)
-            ]
-        else:
-            constructions = self.bindings.constructions(node)
+            # Reads of a module-level name from functions share one list of bindings: answer it once.
+            reaching = self.bindings.reaching(node)
+            known = self._instances.get(id(reaching))
+            if known is not None and known[0] is reaching:
+                return known[1]
+            found = self._annotated_class(node) or self._constructed_class(
+                [c for v in self.bindings.reaching_values(node) for c in alternatives(v) if isinstance(c, ast.Call)]  # type: ignore[arg-type]
+            )
+            self._instances[id(reaching)] = (reaching, found)
+            return found
+        return self._constructed_class(self.bindings.constructions(node))
+
+    @cached_property
+    def _instances(self) -> dict[int, tuple[list, str | None]]:
+        return {}
+
+    def _constructed_class(self, constructions: list[ast.Call]) -> str | None:
         for construction in constructions:
             construction = _strip_module_methods(construction)
             cls = self._local_class(construction.func)
@@ -332,12 +338,19 @@ class Summaries:
             return None
         return project.function_facts(self.analysis.path, reference)
 
+    @cached_property
+    def _returns_by_function(self) -> dict[ast.AST | None, list[ast.Return]]:
+        found: dict[ast.AST | None, list[ast.Return]] = {}
+        for node in self.analysis.nodes(ast.Return):
+            if node.value is not None:
+                found.setdefault(self.function_of(node), []).append(node)
+        return found
+
     def _returns(self, function: ast.AST, predicate) -> bool:
-        for node in ast.walk(function):
-            if isinstance(node, ast.Return) and node.value is not None and self.function_of(node) is function:
-                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-                if any(predicate(value) for value in values):
-                    return True
+        for node in self._returns_by_function.get(function, ()):
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            if any(predicate(value) for value in values):
+                return True
         return False
 
     def _is_loss_value(self, value: ast.AST) -> bool:
@@ -391,11 +404,10 @@ class Summaries:
         None when it returns no dict the source shows."""
         from .checkpoints import checkpoint_states  # checkpoints reads summaries too
 
-        for node in ast.walk(function):
-            if isinstance(node, ast.Return) and node.value is not None and self.function_of(node) is function:
-                states = checkpoint_states(node.value, self.analysis)
-                if states is not None:
-                    return states
+        for node in self._returns_by_function.get(function, ()):
+            states = checkpoint_states(node.value, self.analysis)  # type: ignore[arg-type]
+            if states is not None:
+                return states
         return None
 
     # ---------------------------------------------------------------- for the project index

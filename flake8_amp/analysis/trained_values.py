@@ -84,20 +84,6 @@ class TrainedValues:
             return self.analysis.parents[parent], parent.elts.index(node)  # type: ignore[return-value]
         return None
 
-    @cached_property
-    def _reads(self) -> dict[str, list[ast.AST]]:
-        """Every read of a name or ``self.attr``, by key."""
-        reads: dict[str, list[ast.AST]] = defaultdict(list)
-        for node in self.analysis.nodes(ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                reads[node.id].append(node)
-        for node in self.analysis.nodes(ast.Attribute):
-            key = binding_key(node) if isinstance(node.ctx, ast.Load) else None
-            if key is not None:
-                reads[key].append(node)
-        return reads
-
-
     def _follow_cast(self, call: ast.Call, depth: int) -> TrainingUse | None:
         if call not in self._followed:
             self._followed[call] = None  # a cycle reads as "not trained"
@@ -113,14 +99,12 @@ class TrainedValues:
         among them settles it (the half model is what that optimizer expects)."""
         found: TrainingUse | None = None
         for binding in carriers:
-            for read in self._reads.get(binding.key, ()):
-                if binding not in self.bindings.reaching(read):
-                    continue
+            for read in self.bindings.reads_reached_by(binding):
                 returned = self._returned_at(read)
                 if returned is not None:
                     use = self._use_of_returned(*returned, depth)
                 else:
-                    use = self._use_of_read(read, depth)
+                    use = self._use_of_read_memoised(read, depth)
                 if use is None:
                     continue
                 if use.master_weights:
@@ -128,6 +112,15 @@ class TrainedValues:
                 if found is None or _PRIORITY[use.how] < _PRIORITY[found.how]:
                     found = use
         return found
+
+    def _use_of_read_memoised(self, read: ast.AST, depth: int) -> TrainingUse | None:
+        if read not in self._read_uses:
+            self._read_uses[read] = self._use_of_read(read, depth)
+        return self._read_uses[read]
+
+    @cached_property
+    def _read_uses(self) -> dict[ast.AST, TrainingUse | None]:
+        return {}
 
     def _use_of_read(self, read: ast.AST, depth: int = 0) -> TrainingUse | None:
         """Whether this one read of the value trains it."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .bindings import Bindings
-from .module_analysis import ModuleAnalysis, call_name
+from .module_analysis import ModuleAnalysis, binding_key, call_name
 from .source_text import excerpt
 from .torch_api import GRAD_SCALER_CONSTRUCTORS
 
@@ -75,6 +75,7 @@ class TrainingCalls:
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
         self.bindings = analysis.derived(Bindings)
+        self._optimizer_keys: dict[str, bool] = {}
 
     # ---------------------------------------------------------------- module facts
     @cached_property
@@ -150,13 +151,17 @@ class TrainingCalls:
     def is_optimizer(self, node: ast.AST) -> bool:
         """Built by a ``torch.optim`` class, handed to a scaler's ``step`` / ``unscale_`` (which take
         nothing else), or named like one (``optimizer``, ``opt_d``, ``self.optim``)."""
-        for value in self.bindings.bound_values(node):
-            if isinstance(value, ast.Call) and self.is_optimizer_construction(value):
-                return True
-        if excerpt(node, limit=None) in self._stepped_by_a_scaler:
-            return True
-        identifier = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
-        return bool(_OPTIMIZER_NAME.search(identifier))
+        key = binding_key(node)
+        if key is not None and key in self._optimizer_keys:
+            return self._optimizer_keys[key]
+        found = (
+            any(self.is_optimizer_construction(call) for call in self.bindings.constructions(node))
+            or excerpt(node, limit=None) in self._stepped_by_a_scaler
+            or bool(_OPTIMIZER_NAME.search(node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")))
+        )
+        if key is not None:
+            self._optimizer_keys[key] = found
+        return found
 
     @cached_property
     def _stepped_by_a_scaler(self) -> frozenset[str]:

@@ -64,18 +64,15 @@ def _runs_under_autocast(node: ast.AST, short: str, analysis: ModuleAnalysis) ->
     holder = analysis.parents.get(construction)
     if isinstance(holder, ast.Call) and holder.func is construction:
         return _in_enabled_region(holder, analysis)  # nn.BCELoss()(p, y)
-    keys = _bound_keys(construction, analysis)
-    if not keys:
+    if not _bound_keys(construction, analysis):
         return _module_runs_autocast(analysis)
     bindings = analysis.derived(Bindings)
     owner = _enclosing_class(construction, bindings)
-    for key in keys:
-        for read in _reads_of(key, analysis):
-            if key.startswith("self."):
-                if _enclosing_class(read, bindings) is not owner:
-                    continue  # another class's attribute of the same name
-            elif not any(binding.value is construction for binding in bindings.reaching(read)):
-                continue
+    statement = analysis.parents[construction]
+    for binding in bindings.made_by(statement):
+        for read in bindings.reads_reached_by(binding):
+            if binding.key.startswith("self.") and _enclosing_class(read, bindings) is not owner:
+                continue  # another class's attribute of the same name
             read_parent = analysis.parents.get(read)
             if isinstance(read_parent, ast.Call) and read_parent.func is read:
                 where = _in_enabled_region(read_parent, analysis)
@@ -108,10 +105,3 @@ def _bound_keys(construction: ast.Call, analysis: ModuleAnalysis) -> list[str]:
         targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
         return [key for target in targets if (key := binding_key(target))]
     return []
-
-
-def _reads_of(key: str, analysis: ModuleAnalysis) -> list[ast.AST]:
-    if key.startswith("self."):
-        attr = key[len("self.") :]
-        return [n for n in analysis.nodes(ast.Attribute) if n.attr == attr and binding_key(n) == key and isinstance(n.ctx, ast.Load)]
-    return [n for n in analysis.nodes(ast.Name) if n.id == key and isinstance(n.ctx, ast.Load)]

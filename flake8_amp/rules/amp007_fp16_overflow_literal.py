@@ -71,12 +71,17 @@ class Fp16OverflowLiteral(Rule):
                 if is_int_constant(fill) and not _floating_result(tensor, analysis):
                     continue  # an integer fill may well be for an index tensor
             yield self.finding(fill, _fill_message(call, number) + _reason(call, analysis))
+        overflowed: set[ast.AST] = set()
         for node, constant, operand in _arithmetic(analysis):
+            if operand in overflowed:
+                overflowed.add(node)  # `h * 1e9 * 1e9`: the first product already overflowed, once is enough
+                continue
             number = constant_value(constant, analysis)
             if not overflows_fp16(number):
                 continue
             values = values or analysis.derived(Fp16Values)
             if values.verdict(operand) == FP16:
+                overflowed.add(node)
                 yield self.finding(
                     constant,
                     f"{number:g} mixed into '{excerpt(operand)}', a float16 value, overflows float16 (max 65504)"
@@ -155,8 +160,9 @@ def _floating_result(tensor: ast.expr | None, analysis: ModuleAnalysis, depth: i
 
 
 def _arithmetic(analysis: ModuleAnalysis) -> Iterator[tuple[ast.AST, ast.expr, ast.expr]]:
-    """(node, constant side, tensor side) of every ``*``, ``+``, ``-`` (also augmented)."""
-    for node in analysis.nodes(ast.BinOp):
+    """(node, constant side, tensor side) of every ``*``, ``+``, ``-`` (also augmented), inner operations
+    before the ones around them."""
+    for node in reversed(analysis.nodes(ast.BinOp)):
         if isinstance(node.op, (ast.Mult, ast.Add, ast.Sub)):
             yield node, node.left, node.right
             yield node, node.right, node.left

@@ -122,10 +122,7 @@ def _op_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int 
 def _exp_argument(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
     """``x`` of ``torch.exp(x)`` / ``x.exp()``, also through a name bound (only) to one."""
     if isinstance(node, ast.Name):
-        bindings = analysis.derived(Bindings)
-        if not any(call_name(v) == "exp" for v in bindings.bound_values(node) if isinstance(v, ast.Call)):
-            return None
-        values = bindings.reaching_values(node)
+        values = analysis.derived(Bindings).reaching_values(node)
         node = values[0] if len(values) == 1 else node
     if call_name(node) != "exp" if isinstance(node, ast.Call) else True:
         return None

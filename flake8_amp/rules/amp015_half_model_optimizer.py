@@ -51,18 +51,27 @@ def _cast_to_float16(owner: ast.expr, optimizer: ast.Call, flow: LowPrecisionFlo
         return origin.node if origin.kind == "cast" and origin.dtype == "float16" else None
     if not isinstance(owner, ast.Name):
         return None
-    scope = analysis.context(optimizer).function
-    for call in analysis.calls_named("half", "to"):
-        if (
-            call.lineno < optimizer.lineno
-            and cast_dtype(call, analysis.resolve) == "float16"
-            and isinstance(analysis.parents.get(method_chain_end(call, analysis)), ast.Assign)
-            and isinstance(root := method_chain_root(call.func.value), ast.Name)  # type: ignore[attr-defined]
-            and root.id == owner.id
-            and analysis.context(call).function is scope
-        ):
+    for call in _casts_bound_elsewhere(analysis).get((analysis.context(optimizer).function, owner.id), ()):
+        if call.lineno < optimizer.lineno:
             return call
     return None
+
+
+def _casts_bound_elsewhere(analysis: ModuleAnalysis) -> dict[tuple[ast.AST | None, str], list[ast.Call]]:
+    """(function, model name) -> the float16 casts of that model whose result is bound to another name."""
+    return analysis.derived(_CastsBoundElsewhere).found
+
+
+class _CastsBoundElsewhere:
+    def __init__(self, analysis: ModuleAnalysis) -> None:
+        self.found: dict[tuple[ast.AST | None, str], list[ast.Call]] = {}
+        for call in analysis.calls_named("half", "to"):
+            if (
+                cast_dtype(call, analysis.resolve) == "float16"
+                and isinstance(analysis.parents.get(method_chain_end(call, analysis)), ast.Assign)
+                and isinstance(root := method_chain_root(call.func.value), ast.Name)  # type: ignore[attr-defined]
+            ):
+                self.found.setdefault((analysis.context(call).function, root.id), []).append(call)
 
 
 def _deliberate(cast: ast.AST, analysis: ModuleAnalysis) -> bool:

@@ -1,0 +1,151 @@
+"""Conditions as facts: which statements share a pass, the float32 arm of a precision switch, version
+fallbacks."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import pytest
+
+from flake8_amp.analysis.control_flow import ControlFlow, Fact, facts_when
+from flake8_amp.analysis.module_analysis import ModuleAnalysis
+
+
+def flow_of(source: str) -> tuple[ModuleAnalysis, ControlFlow]:
+    analysis = ModuleAnalysis(ast.parse(textwrap.dedent(source)))
+    return analysis, analysis.derived(ControlFlow)
+
+
+def call(analysis: ModuleAnalysis, name: str) -> ast.Call:
+    return next(c for c in analysis.calls if isinstance(c.func, ast.Name) and c.func.id == name)
+
+
+@pytest.mark.parametrize(
+    "test, truth, facts",
+    [
+        ("use_amp", True, {("use_amp", True)}),
+        ("not use_amp", True, {("use_amp", False)}),
+        ("scaler is not None", True, {("scaler", True)}),
+        ("scaler is None", True, {("scaler", False)}),
+        ("args.fp16 == False", True, {("args.fp16", False)}),
+        ("a and not b", True, {("a", True), ("b", False)}),
+        ("a and b", False, set()),  # one of them is false: nothing sure
+        ("a or b", False, {("a", False), ("b", False)}),
+        ("mode != 'fp16'", True, {("mode == 'fp16'", False)}),
+        ("bool(self.amp)", True, {("self.amp", True)}),
+    ],
+)
+def test_facts_a_condition_gives(test, truth, facts):
+    assert {(f.key, f.holds) for f in facts_when(ast.parse(test, mode="eval").body, truth)} == facts
+
+
+def test_equal_conditions_in_different_places_are_one_path():
+    analysis, flow = flow_of(
+        """
+        def step(use_amp):
+            if use_amp:
+                scaled()
+            else:
+                plain()
+            if use_amp:
+                stepped()
+            else:
+                direct()
+        """
+    )
+    assert flow.may_share_a_pass(call(analysis, "scaled"), call(analysis, "stepped"))
+    assert flow.may_share_a_pass(call(analysis, "plain"), call(analysis, "direct"))
+    assert not flow.may_share_a_pass(call(analysis, "scaled"), call(analysis, "direct"))
+    assert not flow.may_share_a_pass(call(analysis, "plain"), call(analysis, "stepped"))
+
+
+def test_an_early_exit_makes_the_opposite_hold_for_the_rest_of_the_block():
+    analysis, flow = flow_of(
+        """
+        def step(self):
+            if not self.use_amp:
+                plain()
+                return
+            scaled()
+        """
+    )
+    assert flow.assumptions(call(analysis, "scaled")) == {Fact("self.use_amp", True)}
+    assert not flow.may_share_a_pass(call(analysis, "plain"), call(analysis, "scaled"))
+
+
+def test_conditional_expressions_are_arms_too():
+    analysis, flow = flow_of("x = on() if use_amp else off()\n")
+    assert flow.assumptions(call(analysis, "off")) == {Fact("use_amp", False)}
+
+
+@pytest.mark.parametrize(
+    "condition, arm, float32",
+    [
+        ("use_amp", "else", True),
+        ("use_amp", "if", False),
+        ("args.fp16", "else", True),
+        ("self.scaler is not None", "else", True),
+        ("scaler.is_enabled()", "else", True),
+        ("not args.amp", "if", True),
+        ("args.fp32", "if", True),
+        ("cfg.mixed", "else", True),
+        ("epoch > 3", "else", False),
+        ("example", "else", False),  # "amp" inside a word is no switch
+    ],
+)
+def test_the_float32_arm_of_a_precision_switch(condition, arm, float32):
+    analysis, flow = flow_of(
+        f"""
+        if {condition}:
+            in_if()
+        else:
+            in_else()
+        """
+    )
+    assert flow.on_float32_path(call(analysis, "in_" + arm)) is float32
+
+
+def test_an_enabled_flag_is_a_precision_switch_whatever_its_name():
+    analysis, flow = flow_of(
+        """
+        import torch
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.low)
+        if cfg.low:
+            on()
+        else:
+            off()
+        """
+    )
+    assert flow.on_float32_path(call(analysis, "off")) and not flow.on_float32_path(call(analysis, "on"))
+
+
+@pytest.mark.parametrize(
+    "source, fallback",
+    [
+        ('if torch.__version__ < "1.10":\n    old()\nelse:\n    new()', "old"),
+        ("if TORCH_VERSION >= (1, 10):\n    new()\nelse:\n    old()", "old"),
+        ('if digit_version(torch.__version__) < digit_version("1.10"):\n    old()\nelse:\n    new()', "old"),
+        ("if _TORCH_GREATER_EQUAL_2_4:\n    new()\nelse:\n    old()", "old"),
+        ("if is_torch_min_version('2.4'):\n    new()\nelse:\n    old()", "old"),
+        ('if hasattr(torch, "amp") and torch.__version__ >= "2.4":\n    new()\nelse:\n    old()', "old"),
+        ("x = new() if hasattr(torch.amp, 'GradScaler') else old()", "old"),
+        ("try:\n    from torch.amp import GradScaler\n    new()\nexcept ImportError:\n    old()", "old"),
+        ("if epoch < 10:\n    new()\nelse:\n    old()", None),
+        ("try:\n    new()\nexcept RuntimeError:\n    old()", None),
+    ],
+)
+def test_version_fallbacks(source, fallback):
+    analysis, flow = flow_of("import torch\n" + source)
+    for name in ("old", "new"):
+        assert flow.in_version_fallback(call(analysis, name)) is (name == fallback), name
+
+
+def test_ancestors_stop_at_the_function():
+    from flake8_amp.analysis.control_flow import ancestors
+
+    analysis, _ = flow_of("if c:\n    def f():\n        g()\n")
+    parents = [type(parent).__name__ for _, parent in ancestors(call(analysis, "g"), analysis)]
+    assert parents == ["Expr", "FunctionDef"]
+    every = [type(parent).__name__ for _, parent in ancestors(call(analysis, "g"), analysis, cross_scopes=True)]
+    assert every == ["Expr", "FunctionDef", "If", "Module"]

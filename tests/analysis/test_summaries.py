@@ -1,0 +1,139 @@
+"""What functions and classes do, so that rules ask facts instead of names."""
+
+from __future__ import annotations
+
+import ast
+import json
+import textwrap
+
+from flake8_amp.analysis.module_analysis import ModuleAnalysis
+from flake8_amp.analysis.summaries import Summaries
+
+SOURCE = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from .ops import FusedDense
+
+
+def scaled_backward(scaler, loss):
+    scaler.scale(loss).backward()
+
+
+def train_step(scaler, model, optimizer, x):
+    loss = distillation_term(model(x), x)
+    scaled_backward(scaler, loss)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def distillation_term(logits, teacher):
+    return F.kl_div(F.log_softmax(logits, -1), teacher, reduction="batchmean") * 4.0
+
+
+def build():
+    model = Net().half()
+    return model
+
+
+def evaluate(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+class Head(nn.Module):
+    def forward(self, x):
+        return helper(x)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(FusedDense.apply(x, x))
+
+
+def helper(x):
+    return x
+
+
+class Trainer:
+    def __init__(self, model):
+        self.optimizer = torch.optim.AdamW(model.parameters())
+        self.scaler = torch.amp.GradScaler("cuda")
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict()}
+
+
+model = Net()
+
+
+def run(x):
+    with torch.autocast("cuda", dtype=torch.float16):
+        return model(x)
+'''
+
+
+def summaries() -> tuple[ModuleAnalysis, Summaries]:
+    analysis = ModuleAnalysis(ast.parse(textwrap.dedent(SOURCE)))
+    return analysis, analysis.derived(Summaries)
+
+
+def function(summaries: Summaries, name: str) -> ast.AST:
+    return summaries.definitions[name]
+
+
+def test_function_facts_follow_the_calls_within_the_module():
+    _, found = summaries()
+    assert found.facts(function(found, "scaled_backward"))["scales_loss"]
+    step = found.facts(function(found, "train_step"))
+    assert step["trains"] and step["scales_loss"] and step["steps_scaler"]  # through scaled_backward()
+    assert found.facts(function(found, "distillation_term"))["computes_loss"]  # a loss times a constant
+    assert found.facts(function(found, "build"))["returns_half"]
+    evaluate = found.facts(function(found, "evaluate"))
+    assert not evaluate["trains"] and not evaluate["computes_loss"]
+
+
+def test_call_references():
+    analysis, found = summaries()
+    references = {ast.unparse(call): found.call_reference(call) for call in analysis.calls}
+    assert references["scaled_backward(scaler, loss)"] == "@scaled_backward"
+    assert references["model(x)"] in ("@Net.__call__", None)  # `model` is a parameter in train_step
+    assert references["self.head(FusedDense.apply(x, x))"] == "@Head.__call__"  # self.head = Head()
+    assert references["FusedDense.apply(x, x)"] == ".ops.FusedDense.forward"  # a relative import
+    assert references["helper(x)"] == "@helper"
+
+
+def test_functions_called_inside_an_autocast_region_inherit_it():
+    analysis, found = summaries()
+    # run() calls model (a Net) under float16 autocast: Net.forward, then Head.forward through self.head,
+    # then helper() through Head.forward
+    for name in ("Net.forward", "Head.forward", "helper"):
+        region = found.inherited_region(function(found, name))
+        assert region is not None and region.dtype == "float16" and region.inherited, name
+        assert region.reason() == f" ({name.rpartition('.')[2]}() runs under the autocast region at line 65)"
+    assert found.inherited_region(function(found, "evaluate")) is None
+    statement = function(found, "helper").body[0]
+    assert analysis.context(statement).in_enabled_autocast
+
+
+def test_class_facts_say_what_state_dict_holds():
+    _, found = summaries()
+    facts = found.class_facts(function(found, "Trainer"))
+    assert facts == {"owns_scaler": True, "state_dict": {"optimizer": True, "scaler": False}}
+    assert found.class_facts(function(found, "Net"))["state_dict"] is None
+
+
+def test_module_facts_are_plain_data_for_the_disk_cache():
+    _, found = summaries()
+    facts = found.module_facts()
+    assert json.loads(json.dumps(facts)) == facts
+    assert facts["functions"]["train_step"]["calls"] == sorted(
+        {"@distillation_term", "@scaled_backward"} | set(facts["functions"]["train_step"]["calls"])
+    )
+    assert facts["classes"]["Net"]["bases"] == ["torch.nn.Module"]
+    assert ["@Net.__call__", "cuda", "float16", 65] in facts["autocast_calls"]
+    assert facts["imports"]["FusedDense"] == ".ops.FusedDense"
