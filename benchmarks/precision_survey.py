@@ -2,8 +2,9 @@
 
     python benchmarks/precision_survey.py DIR [DIR ...] [--select AMP003,AMP010] [--counts]
 
-Each DIR is a checkout of a real project (not committed here). Prints ``path:line:col: message`` per
-finding, then counts per repository and rule. The judgements (true hazard or not, and why) live in
+Each DIR is a checkout of a real project (not committed here), linted as flake8 lints it: file by file,
+with the project index reading the rest of the checkout. Prints ``path:line:col: message`` per finding,
+then counts per repository and rule. The judgements (true hazard or not, and why) live in
 benchmarks/precision.md.
 """
 
@@ -29,7 +30,7 @@ def survey(root: Path, codes: set[str] | None) -> tuple[list[str], Counter, int]
             tree = ast.parse(source)
         except (SyntaxError, ValueError, OSError):
             continue  # flake8 reports E999 for these; the plugin never sees them
-        for finding in lint_tree(tree):
+        for finding in lint_tree(tree, path=str(path)):  # with the project index, as flake8 runs it
             if codes and finding.code not in codes:
                 continue
             counts[finding.code] += 1

@@ -10,13 +10,18 @@
   read the diff before committing it.
 * A multi-module case is a folder under ``fixtures/projects/`` with a ``setup.cfg`` (a project root for
   the project index); its snapshot lists ``path:line:col CODE message`` for every file.
+
+Fixtures are linted from copies outside this repository: here they sit in a ``tests/`` folder, which the
+exemption policy reads as test code, as it would in a user's project.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from flake8_amp.engine import LintOptions, lint_source
@@ -76,14 +81,33 @@ def lint_options(arguments: list[str]) -> LintOptions:
     return LintOptions(precision=precision, project_index=project_index)
 
 
-def lint_fixture(path: Path):
-    """The engine's findings for a fixture file, linted as flake8 would lint it (its path, its options)."""
+_COPIES: list[Path] = []
+
+
+def copied(path: Path) -> Path:
+    """Where the fixture's copy outside the repository is (every fixture is copied once per session)."""
+    if not _COPIES:
+        folder = Path(tempfile.mkdtemp(prefix="flake8-amp-fixtures-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        for fixture in FIXTURE_FILES:
+            shutil.copy(fixture, folder / fixture.name)
+        _COPIES.append(folder)
+    return _COPIES[0] / path.name
+
+
+def lint_file(path: Path):
+    """The engine's findings for a file, linted as flake8 would lint it (its path, its options)."""
     source = path.read_text(encoding="utf-8")
     return lint_source(source, lint_options(fixture_arguments(source)), path=str(path))
 
 
-def actual_findings(path: Path, codes: set[str]) -> set[Expected]:
-    return {(f.line, f.col + 1, f.code) for f in lint_fixture(path) if f.code in codes}
+def lint_fixture(path: Path):
+    """A single-file fixture's findings, linted from its copy."""
+    return lint_file(copied(path))
+
+
+def actual_findings(path: Path, codes: set[str], lint=lint_fixture) -> set[Expected]:
+    return {(f.line, f.col + 1, f.code) for f in lint(path) if f.code in codes}
 
 
 def snapshot_lines(findings, codes: set[str], prefix: str = "") -> list[str]:

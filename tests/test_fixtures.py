@@ -14,6 +14,7 @@ from expectations import (
     copy_project,
     expected_findings,
     fixture_codes,
+    lint_file,
     lint_fixture,
     project_files,
     snapshot_lines,
@@ -51,8 +52,8 @@ def test_project_fixture_raises_exactly_the_expected_findings(folder, tmp_path):
     for path in project_files(project):
         name = path.relative_to(project).as_posix()
         expected |= {(name, *item) for item in expected_findings(path.read_text(encoding="utf-8"), codes)}
-        actual |= {(name, *item) for item in actual_findings(path, codes)}
-        lines += snapshot_lines(lint_fixture(path), codes, prefix=f"{name}:")
+        actual |= {(name, *item) for item in actual_findings(path, codes, lint=lint_file)}
+        lines += snapshot_lines(lint_file(path), codes, prefix=f"{name}:")
     assert sorted(actual - expected) == [], "unexpected findings (file, line, column, code)"
     assert sorted(expected - actual) == [], "missing findings (file, line, column, code)"
     check_snapshot(f"projects/{folder.name}", lines)

@@ -11,6 +11,7 @@ import pytest
 from expectations import (
     FIXTURE_FILES,
     PROJECT_FOLDERS,
+    copied,
     copy_project,
     expected_findings,
     fixture_arguments,
@@ -38,7 +39,7 @@ def runs() -> dict[tuple[str, ...], tuple[set, set]]:
     """(options) -> (flake8 findings, pylint findings) over every single-file fixture with those options."""
     groups = defaultdict(list)
     for path in FIXTURE_FILES:
-        groups[tuple(fixture_arguments(path.read_text(encoding="utf-8")))].append(path)
+        groups[tuple(fixture_arguments(path.read_text(encoding="utf-8")))].append(copied(path))
     return {options: both_linters(paths, *options) for options, paths in groups.items()}
 
 
@@ -78,7 +79,7 @@ def test_the_linters_agree_on_every_project_fixture(folder, tmp_path):
 
 
 def test_parity_holds_in_bf16_where_the_float16_range_rules_stay_quiet(runs):
-    flake8, pylint = both_linters(FIXTURE_FILES, "--amp-precision=bf16")
+    flake8, pylint = both_linters([copied(path) for path in FIXTURE_FILES], "--amp-precision=bf16")
     assert flake8 == pylint
     assert not {code for *_, code in flake8} & FP16_RANGE_RULES
     assert FP16_RANGE_RULES <= {code for *_, code in runs[()][0]}, "nothing for bf16 to silence"

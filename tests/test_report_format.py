@@ -14,17 +14,20 @@ from flake8_amp.plugin import AmpChecker
 from flake8_amp.report_format import split_message
 from flake8_amp.rules import RULES_BY_CODE, Severity
 from flake8_amp.rules.base import FIX_SEPARATOR
+from expectations import copied
 from linter_runs import FIXTURE_FILES, REPOSITORY, run_flake8
 
 HAZARD = "import os\nimport torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
-RELATIVE_FIXTURES = [path.relative_to(REPOSITORY) for path in FIXTURE_FILES]
+# The report names files as flake8 is given them: relative paths, from the folder of the fixtures' copies.
+FIXTURE_FOLDER = copied(FIXTURE_FILES[0]).parent
+RELATIVE_FIXTURES = [copied(path).relative_to(FIXTURE_FOLDER) for path in FIXTURE_FILES]
 
 
 def expected_report(paths: list[Path]) -> str:
     """The report, built from the engine's findings and the rule registry."""
     blocks, severities, files, total = [], Counter(), 0, 0
     for path in sorted(paths, key=str):
-        findings = lint_source((REPOSITORY / path).read_text())
+        findings = lint_source((FIXTURE_FOLDER / path).read_text())
         if not findings:
             continue
         files += 1
@@ -44,7 +47,7 @@ def expected_report(paths: list[Path]) -> str:
 
 @pytest.fixture(scope="module")
 def fixtures_report() -> str:
-    result = run_flake8(RELATIVE_FIXTURES, "--format=amp", "--jobs=1", cwd=REPOSITORY)
+    result = run_flake8(RELATIVE_FIXTURES, "--format=amp", "--jobs=1", cwd=FIXTURE_FOLDER)
     assert result.returncode == 1 and result.stderr == ""
     return result.stdout
 
@@ -61,13 +64,13 @@ def test_the_summary_counts_what_the_report_lists(fixtures_report):
 
 
 def test_parallel_jobs_give_the_same_report(fixtures_report):
-    parallel = run_flake8(RELATIVE_FIXTURES, "--format=amp", "--jobs=2", cwd=REPOSITORY)
+    parallel = run_flake8(RELATIVE_FIXTURES, "--format=amp", "--jobs=2", cwd=FIXTURE_FOLDER)
     assert parallel.stdout == fixtures_report
 
 
 def test_output_file_receives_the_report(tmp_path, fixtures_report):
     output = tmp_path / "report.txt"
-    result = run_flake8(RELATIVE_FIXTURES, "--format=amp", f"--output-file={output}", cwd=REPOSITORY)
+    result = run_flake8(RELATIVE_FIXTURES, "--format=amp", f"--output-file={output}", cwd=FIXTURE_FOLDER)
     assert result.returncode == 1 and result.stdout == ""
     assert output.read_text() == fixtures_report
 

@@ -1,8 +1,9 @@
 """Where a finding would be wrong although the code matches: one policy, applied to every rule.
 
-* **Tests** exercise hazards on purpose: test functions (``test*``), test classes (``Test*``,
-  ``unittest.TestCase`` subclasses), pytest fixtures, and test modules (``test_*.py``, ``*_test.py``,
-  ``conftest.py``). Rules about the API itself (a deprecated spelling, a decorator that raises at
+* **Tests** exercise hazards on purpose: test functions (``test*``, ``_test*``), test classes (``Test*``,
+  ``*Tests``, ``*Tester*``, ``unittest.TestCase`` subclasses), pytest fixtures, test modules
+  (``test_*.py``, ``*_test.py``, ``conftest.py``) and every module under a ``tests/`` or ``test/``
+  folder of the project (the helpers tests share). Rules about the API itself (a deprecated spelling, a decorator that raises at
   import) still apply there.
 * **Version fallbacks** keep old torch releases working: the arm of a version check taken on an old
   torch, or an ``except ImportError`` after trying ``torch.amp`` (see :mod:`.control_flow`).
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .control_flow import ControlFlow, ancestors
 from .module_analysis import ModuleAnalysis
+from .project_index import find_root
 
 if TYPE_CHECKING:
     from ..rules.base import Rule
@@ -37,6 +39,11 @@ FLOAT32_PATH = "the float32 arm of a precision switch"
 PRECISION_SETTING = "a precision the code configures on purpose"
 
 _TEST_MODULE = re.compile(r"^(test_.*|.*_test|conftest)\.py$")
+_TEST_FOLDERS = frozenset({"tests", "test"})
+# test_step, _test_training (a helper a test mixin's tests call); TestAttention, AttentionTests,
+# QuantizationTesterMixin
+_TEST_FUNCTION = re.compile(r"^_*test")
+_TEST_CLASS = re.compile(r"^Test|Tests?(Case|Mixin)?$|Tester")
 _EVALUATION_HOOKS = frozenset({"validation_step", "test_step", "predict_step", "on_validation_batch_end"})
 
 
@@ -46,8 +53,7 @@ class ExemptionPolicy:
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
         self.flow = analysis.derived(ControlFlow)
-        path = PurePath(analysis.path) if analysis.path else None
-        self.test_module = path is not None and bool(_TEST_MODULE.match(path.name))
+        self.test_module = _is_test_module(analysis)
         self._tests: dict[ast.AST, bool] = {}
 
     def exemption(self, node: ast.AST, rule: "Rule") -> str | None:
@@ -75,10 +81,10 @@ class ExemptionPolicy:
     def _in_test(self, statement: ast.AST) -> bool:
         for _, parent in ancestors(statement, self.analysis, cross_scopes=True):
             if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if parent.name.startswith("test") or any(_is_fixture(d, self.analysis) for d in parent.decorator_list):
+                if _TEST_FUNCTION.match(parent.name) or any(_is_fixture(d, self.analysis) for d in parent.decorator_list):
                     return True
             elif isinstance(parent, ast.ClassDef):
-                if parent.name.startswith("Test") or any(_is_test_case(base, self.analysis) for base in parent.bases):
+                if _TEST_CLASS.search(parent.name) or any(_is_test_case(base, self.analysis) for base in parent.bases):
                     return True
         return False
 
@@ -93,6 +99,24 @@ class ExemptionPolicy:
                 ):
                     return True
         return False
+
+
+def _is_test_module(analysis: ModuleAnalysis) -> bool:
+    """A test module by its name, or by a ``tests``/``test`` folder between the project's root and it
+    (outside a project only the name counts: a folder above the project says nothing about it)."""
+    if not analysis.path:
+        return False
+    path = Path(analysis.path)
+    if _TEST_MODULE.match(path.name):
+        return True
+    root = analysis.project.root if analysis.project is not None else find_root(path)
+    if root is None:
+        return False
+    try:
+        folders = path.resolve().relative_to(root).parts[:-1]
+    except (ValueError, OSError):
+        return False
+    return any(folder in _TEST_FOLDERS for folder in folders)
 
 
 def _is_fixture(decorator: ast.AST, analysis: ModuleAnalysis) -> bool:

@@ -21,6 +21,7 @@ from .dataflow import evaluate
 from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, literal_dtype
 from .low_precision import LowPrecisionFlow
 from .module_analysis import ModuleAnalysis, call_name
+from .precision import FP16 as FP16_PRECISION, module_precision
 from .torch_api import CUDA_FLOAT32_OPS, NON_FLOAT_RESULTS
 
 FP16 = "fp16"
@@ -44,6 +45,8 @@ class Fp16Values:
         origin = self.flow.origin(expr)
         if origin is None:
             return UNKNOWN
+        if origin.dtype is None:  # autocast of a dtype the source does not say: float16 if the module is
+            return FP16 if self.analysis.derived(module_precision) == FP16_PRECISION else UNKNOWN
         return NOT_FP16 if origin.dtype == "bfloat16" else FP16
 
     def full_precision(self, expr: ast.AST) -> bool:

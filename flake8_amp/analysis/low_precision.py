@@ -24,7 +24,7 @@ from .dataflow import evaluate
 from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, has_dtype_argument
 from .losses import is_loss_call
 from .module_analysis import ModuleAnalysis, call_name
-from .torch_api import CPU_FLOAT32_OPS, CUDA_FLOAT32_OPS, LOW_PRECISION_DTYPES, NON_FLOAT_RESULTS
+from .torch_api import CPU_FLOAT32_OPS, CUDA_FLOAT32_OPS, DTYPE_KEEPING_OPS, LOW_PRECISION_DTYPES, NON_FLOAT_RESULTS
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,10 @@ class LowPrecisionFlow:
             region = self._enabled_region(node)
             if region is not None and self._runs_in_float32(node, region.is_cpu):
                 return None  # autocast runs it in float32, whatever its inputs
-            return self._first_origin(self._call_parts(node), origins) or self._autocast_origin(node)
+            propagated = self._first_origin(self._call_parts(node), origins)
+            if propagated is not None or call_name(node) in DTYPE_KEEPING_OPS:
+                return propagated  # a shape or elementwise op keeps its input's dtype, in autocast too
+            return self._autocast_origin(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             return self._first_origin(self._parts(node), origins) or self._autocast_origin(node)
         return self._first_origin(self._parts(node), origins)
@@ -125,8 +128,12 @@ class LowPrecisionFlow:
         return None
 
     def _enabled_region(self, node: ast.AST):
+        """The enabled autocast region around ``node`` that computes in low precision (a region with
+        ``dtype=torch.float32``, which code uses to force float32 inside another region, does not)."""
         region = self.analysis.context(node).innermost_region
-        return region if region is not None and region.may_be_enabled else None
+        if region is None or not region.may_be_enabled or region.effective_dtype in ("float32", "float64"):
+            return None
+        return region
 
     def _autocast_origin(self, node: ast.Call | ast.BinOp) -> LowPrecisionOrigin | None:
         """A low-precision result of autocast: the op runs in an enabled region, in its low-precision

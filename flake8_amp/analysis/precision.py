@@ -17,14 +17,16 @@ def module_precision(analysis: ModuleAnalysis) -> str | None:
 
     ``--amp-precision`` wins. Otherwise any float16 evidence (an fp16 autocast region, including the
     CUDA default dtype; a ``torch.float16`` / ``torch.half`` mention; ``.half()``) makes it fp16, since
-    fp16's narrow range is what the range rules guard; only bfloat16 evidence makes it bf16.
+    fp16's narrow range is what the range rules guard; only bfloat16 evidence makes it bf16. A region
+    whose device and dtype are not literal (``autocast(device.type)``) is no evidence either way.
     Use as ``analysis.derived(module_precision)``.
     """
     if analysis.configured_precision:
         return analysis.configured_precision
     seen = set()
     for region in analysis.regions:
-        seen.add(region.effective_dtype or "float16")
+        if region.effective_dtype is not None:
+            seen.add(region.effective_dtype)
     for node in analysis.nodes(ast.Attribute):
         if node.attr not in _DTYPE_ATTRIBUTES:
             continue

@@ -84,6 +84,33 @@ LOSS_FUNCTIONS = frozenset(
     }
 )
 
+# Ops that CUDA autocast runs in float16 (or the region's dtype) whatever their input.
+AUTOCAST_LOWER_PRECISION_OPS = frozenset(
+    {
+        "matmul", "mm", "bmm", "addmm", "addbmm", "baddbmm", "addmv", "addr", "linear", "conv1d", "conv2d",
+        "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "prelu", "chain_matmul",
+        "multi_dot", "einsum", "scaled_dot_product_attention", "conv_tbc", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+        "rnn_relu_cell", "_convolution", "convolution",
+    }
+)
+
+# Tensor methods and torch functions that autocast leaves alone: their result has their input's dtype
+# (shape and indexing ops, elementwise math, comparisons' masks ...). Inside an autocast region a float32
+# tensor stays float32 through them.
+DTYPE_KEEPING_OPS = frozenset(
+    {
+        "view", "view_as", "reshape", "reshape_as", "transpose", "permute", "expand", "expand_as", "contiguous",
+        "flatten", "unflatten", "squeeze", "unsqueeze", "repeat", "repeat_interleave", "tile", "flip", "roll",
+        "narrow", "chunk", "split", "unbind", "gather", "index_select", "masked_select", "take", "clone", "detach",
+        "masked_fill", "masked_fill_", "fill_", "zero_", "clamp", "clamp_", "clip", "abs", "neg", "sign", "relu",
+        "relu_", "gelu", "silu", "sigmoid", "tanh", "sin", "cos", "sqrt", "mul", "mul_", "add", "add_", "sub",
+        "sub_", "div", "div_", "where", "cat", "stack", "t", "movedim", "diagonal", "triu", "tril", "type_as",
+        "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like", "full_like",
+        "empty_like", "rand_like", "randn_like", "maximum", "minimum", "max", "min", "amax", "amin", "round",
+        "floor", "ceil", "trunc", "frac", "square", "rsub", "lerp", "dropout", "pad", "interpolate", "unfold",
+    }
+)
+
 # Ops that CUDA autocast runs in float32 whatever their input (torch and Tensor-method names).
 CUDA_FLOAT32_OPS = frozenset(
     {

@@ -1,9 +1,10 @@
 """Whether a value is trained, and where: the question behind a manual cast being a hazard.
 
 A cast's value is *trained* when it reaches training: the model's ``.parameters()`` go to an optimizer,
-the model or tensor is used (with gradients on) in a function that trains, or in an autocast region of
-one, or it is handed to a function that trains, or returned by a builder whose caller trains it. Reads
-that cannot train it are not uses: ``.float()``, ``.state_dict()``, ``.detach()``, ``.shape``, a
+or the model or tensor (with gradients on) feeds a loss that ``backward()`` differentiates (in an
+autocast region or not), or it is handed to a function that trains, or returned by a builder whose
+caller trains it. A frozen model (``requires_grad_(False)``, ``eval()``) is used, not trained. Reads that
+cannot train it are not uses: ``.float()``, ``.state_dict()``, ``.detach()``, ``.shape``, a
 ``torch.save`` or ``print`` of it, a comparison.
 """
 
@@ -21,7 +22,7 @@ from .dtypes import cast_dtype
 from .module_analysis import ModuleAnalysis, binding_key, call_name, method_chain_end
 from .torch_api import LOW_PRECISION_DTYPES
 from .summaries import Summaries
-from .training_calls import DIRECT_STEP, PLAIN_BACKWARD, SCALED_BACKWARD, SCALER_STEP, WRAPPER_BACKWARD, TrainingCalls
+from .training_calls import TrainingCalls
 
 _HARMLESS_ATTRIBUTES = frozenset(
     {"float", "double", "state_dict", "cpu", "numpy", "tolist", "item", "detach", "shape", "dtype", "device",
@@ -31,7 +32,6 @@ _HARMLESS_CALLS = frozenset({"save", "print", "len", "isinstance", "type", "id",
 # Optimizers that keep float32 master weights of a float16 model themselves (apex's FP16_Optimizer and
 # *AMP optimizers, DeepSpeed/Megatron mixed-precision optimizers).
 _MASTER_WEIGHT_OPTIMIZER = re.compile(r"AMP$|FP16_?Optimizer|MixedPrecision|Float16Optimizer|MasterWeight", re.I)
-_TRAINING_KINDS = frozenset({SCALED_BACKWARD, PLAIN_BACKWARD, WRAPPER_BACKWARD, DIRECT_STEP, SCALER_STEP})
 #: how far a value is followed through builders' returns, and how many re-casts of it
 _MAX_RETURN_DEPTH = 2
 _MAX_FOLLOWED = 64
@@ -73,6 +73,8 @@ class TrainedValues:
         returned = self._returned_at(end)
         if returned is not None:
             return self._use_of_returned(*returned, depth)
+        if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            return None  # stored where the source cannot follow it (`pipe.encoder = pipe.encoder.half()`)
         return self._use_of_read(end)
 
     def _returned_at(self, node: ast.AST) -> tuple[ast.Return, int | None] | None:
@@ -83,6 +85,43 @@ class TrainedValues:
         if isinstance(parent, ast.Tuple) and isinstance(self.analysis.parents.get(parent), ast.Return):
             return self.analysis.parents[parent], parent.elts.index(node)  # type: ignore[return-value]
         return None
+
+    def _frozen(self, binding: Binding, depth: int = 0) -> bool:
+        """The object a binding holds is frozen: one of its reads is ``X.requires_grad_(False)``,
+        ``X.eval()``, ``X.train(False)``, ``X.requires_grad = False`` or ``for p in X.parameters():
+        p.requires_grad = False``; or it is an in-place cast (``X.half()``) of a frozen object."""
+        if binding in self._frozen_memo:
+            return self._frozen_memo[binding]
+        self._frozen_memo[binding] = False  # a cycle reads as "not frozen"
+        found = any(self._freezes(read) for read in self.bindings.reads_reached_by(binding))
+        if not found and depth < _MAX_FOLLOWED and isinstance(binding.statement, ast.Expr):
+            receiver = _receiver_of_chain(binding.value)
+            if receiver is not None:
+                found = any(self._frozen(earlier, depth + 1) for earlier in self.bindings.reaching(receiver))
+        self._frozen_memo[binding] = found
+        return found
+
+    @cached_property
+    def _frozen_memo(self) -> dict[Binding, bool]:
+        return {}
+
+    def _freezes(self, read: ast.AST) -> bool:
+        parents = self.analysis.parents
+        parent = parents.get(read)
+        if not isinstance(parent, ast.Attribute):
+            return False
+        call = parents.get(parent)
+        if isinstance(call, ast.Call) and call.func is parent:
+            off = bool(call.args) and isinstance(call.args[0], ast.Constant) and call.args[0].value is False
+            if parent.attr == "eval" and not call.args or parent.attr in ("requires_grad_", "train") and off:
+                return True
+            loop = parents.get(call)
+            if parent.attr in ("parameters", "named_parameters") and isinstance(loop, ast.For) and loop.iter is call:
+                return any(_switches_grad_off(statement) for statement in loop.body)
+        if parent.attr == "requires_grad" and isinstance(parents.get(parent), ast.Assign):
+            value = parents[parent].value  # type: ignore[attr-defined]
+            return isinstance(value, ast.Constant) and value.value is False
+        return False
 
     def _follow_cast(self, call: ast.Call, depth: int) -> TrainingUse | None:
         if call not in self._followed:
@@ -99,14 +138,15 @@ class TrainedValues:
         among them settles it (the half model is what that optimizer expects)."""
         found: TrainingUse | None = None
         for binding in carriers:
+            frozen = self._frozen(binding)
             for read in self.bindings.reads_reached_by(binding):
                 returned = self._returned_at(read)
                 if returned is not None:
                     use = self._use_of_returned(*returned, depth)
                 else:
                     use = self._use_of_read_memoised(read, depth)
-                if use is None:
-                    continue
+                if use is None or frozen and use.how != "optimizer":
+                    continue  # a frozen model (requires_grad_(False), eval()) is used, not trained
                 if use.master_weights:
                     return use
                 if found is None or _PRIORITY[use.how] < _PRIORITY[found.how]:
@@ -137,23 +177,11 @@ class TrainedValues:
         context = analysis.context(read)
         if context.grad_disabled:
             return None
-        function = self.summaries.function_of(read)
-        if not self._trains(function):
+        if not self.training.feeds_a_backward(read):
             return self._handed_to_a_trainer(read)
         if context.in_enabled_autocast:
             return TrainingUse(read, "autocast")
         return TrainingUse(read, "training")
-
-    def _trains(self, function: ast.AST | None) -> bool:
-        if function is None:
-            events = self.training.events(None)
-            if any(event.kind in _TRAINING_KINDS for event in events):
-                return True
-            return any(
-                (facts := self.summaries.callee_facts(call)) is not None and facts.get("trains")
-                for call in self.summaries.calls_in(self.analysis.tree.body)
-            )
-        return bool(self.summaries.facts(function).get("trains"))
 
     def _handed_to_a_trainer(self, read: ast.AST) -> TrainingUse | None:
         """``train(model, loader)`` where ``train`` trains (here or in another module)."""
@@ -232,3 +260,32 @@ def _callee_text(call: ast.Call) -> str:
     if isinstance(func, ast.Attribute):
         return func.attr
     return func.id if isinstance(func, ast.Name) else ""
+
+
+def _receiver_of_chain(value: ast.AST | None) -> ast.AST | None:
+    """``model`` of ``model.cuda().half()``."""
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute):
+        value = value.func.value
+    return value if isinstance(value, (ast.Name, ast.Attribute)) else None
+
+
+def _switches_grad_off(statement: ast.stmt) -> bool:
+    """``p.requires_grad = False`` or ``p.requires_grad_(False)`` in a loop over parameters."""
+    if isinstance(statement, ast.Assign):
+        target = statement.targets[0]
+        return (
+            isinstance(target, ast.Attribute)
+            and target.attr == "requires_grad"
+            and isinstance(statement.value, ast.Constant)
+            and statement.value.value is False
+        )
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        call = statement.value
+        return (
+            isinstance(call.func, ast.Attribute)
+            and call.func.attr == "requires_grad_"
+            and bool(call.args)
+            and isinstance(call.args[0], ast.Constant)
+            and call.args[0].value is False
+        )
+    return False

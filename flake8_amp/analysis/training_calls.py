@@ -28,6 +28,7 @@ _OPTIMIZER_NAME = re.compile(r"(^|_)(optim|opt)(\d+|_[a-z0-9]+)?$|optimi[sz]er",
 _WRAPPER_NAME = re.compile(r"accelerator|fabric|engine|trainer|strategy|precision|deepspeed|scaler", re.I)
 # A tensor's backward takes a gradient, not a loss: `y.backward(torch.ones_like(y))`, `y.backward(grad)`.
 _GRADIENT_ARGUMENT = re.compile(r"grad|ones_like|ones\(", re.I)
+AUTOGRAD_ENTRY_POINTS = frozenset({"torch.autograd.grad", "torch.autograd.backward"})
 CLIPPERS = frozenset(
     {
         "torch.nn.utils.clip_grad_norm_",
@@ -224,6 +225,64 @@ class TrainingCalls:
     @property
     def scopes_with_events(self) -> list[ast.AST | None]:
         return list(self._events)
+
+    # ---------------------------------------------------------------- what the backward depends on
+    def feeds_a_backward(self, node: ast.AST) -> bool:
+        """Whether the value ``node`` computes flows into a loss that some ``backward()`` (or
+        ``autograd.grad``) differentiates: through the expressions around it, then the bindings that
+        reach the names of those expressions, in this module."""
+        slice_ = self._backward_slice
+        if not slice_:
+            return False
+        current: ast.AST | None = node
+        parents = self.analysis.parents
+        while current is not None and not isinstance(current, ast.stmt):
+            if current in slice_:
+                return True
+            current = parents.get(current)
+        return False
+
+    @cached_property
+    def _backward_slice(self) -> set[ast.AST]:
+        """Every expression whose value a differentiated loss depends on (computed once per module)."""
+        work: list[ast.AST] = []
+        for scope in self.scopes_with_events:
+            for event in self.events(scope):
+                loss = self._loss_of(event)
+                if loss is not None:
+                    work.append(loss)
+        for call in self.analysis.calls_to(AUTOGRAD_ENTRY_POINTS):
+            if call.args:
+                work.append(call.args[0])
+        seen: set[ast.AST] = set()
+        reaching = self.bindings.reaching
+        while work:
+            expression = work.pop()
+            if expression in seen:
+                continue
+            seen.add(expression)
+            for node in ast.walk(expression):
+                if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+                    for binding in reaching(node):
+                        value = binding.value
+                        if isinstance(value, ast.AugAssign):
+                            work.append(value.value)
+                            work += [b.value for b in reaching(value.target) if b.value is not None]
+                        elif value is not None and value not in seen:
+                            work.append(value)
+        return seen
+
+    @staticmethod
+    def _loss_of(event: TrainingEvent) -> ast.AST | None:
+        call = event.call
+        if event.kind == PLAIN_BACKWARD:
+            return call.func.value  # type: ignore[attr-defined]
+        if event.kind == SCALED_BACKWARD:
+            scale = call.func.value  # type: ignore[attr-defined]
+            return scale.args[0] if scale.args else None
+        if event.kind == WRAPPER_BACKWARD:
+            return call.args[0] if call.args else None
+        return None
 
     def _classify(self, call: ast.Call) -> TrainingEvent | None:
         name = call_name(call)

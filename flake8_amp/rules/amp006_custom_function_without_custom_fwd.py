@@ -9,18 +9,9 @@ from typing import Iterator
 from ..analysis.bindings import Bindings
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.summaries import Summaries
-from ..analysis.torch_api import CUSTOM_BWD, CUSTOM_FWD
+from ..analysis.torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUSTOM_BWD, CUSTOM_FWD
 from .base import Finding, Rule, Severity
 
-# Ops that CUDA autocast runs in float16: a Function using them sees float16 in forward (under
-# autocast) and float32 in backward (autocast is off there), and mixes them.
-_AUTOCAST_FLOAT16_OPS = frozenset(
-    {
-        "matmul", "mm", "bmm", "addmm", "addbmm", "baddbmm", "addmv", "addr", "linear", "conv1d", "conv2d",
-        "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "prelu", "chain_matmul",
-        "multi_dot", "einsum",
-    }
-)
 _REQUIRED = {
     "forward": (CUSTOM_FWD, "@torch.amp.custom_fwd(device_type='cuda')"),
     "backward": (CUSTOM_BWD, "@torch.amp.custom_bwd(device_type='cuda')"),
@@ -99,10 +90,12 @@ def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: M
 
 
 def _uses_autocast_float16_ops(cls: ast.ClassDef) -> bool:
+    """Ops that CUDA autocast runs in float16: a Function using them sees float16 in forward (under
+    autocast) and float32 in backward (autocast is off there), and mixes them."""
     for node in ast.walk(cls):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             return True
-        if isinstance(node, ast.Call) and call_name(node) in _AUTOCAST_FLOAT16_OPS:
+        if isinstance(node, ast.Call) and call_name(node) in AUTOCAST_LOWER_PRECISION_OPS:
             return True
     return False
 

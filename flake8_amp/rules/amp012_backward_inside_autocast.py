@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import TrainingCalls
+from ..analysis.training_calls import AUTOGRAD_ENTRY_POINTS, TrainingCalls
 from .base import Finding, Rule, Severity
-
-_AUTOGRAD_ENTRY_POINTS = frozenset({"torch.autograd.grad", "torch.autograd.backward"})
 
 
 class BackwardInsideAutocast(Rule):
@@ -22,7 +20,7 @@ class BackwardInsideAutocast(Rule):
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = None
-        for call in analysis.calls_to(_AUTOGRAD_ENTRY_POINTS, or_named=("backward",)):
+        for call in analysis.calls_to(AUTOGRAD_ENTRY_POINTS, or_named=("backward",)):
             context = analysis.context(call)
             if not context.in_enabled_autocast:
                 continue
@@ -30,6 +28,6 @@ class BackwardInsideAutocast(Rule):
             where = context.innermost_region.reason()  # type: ignore[union-attr]
             if training.is_tensor_backward(call):
                 yield self.finding(call, f"backward() inside an autocast region{where}")
-            elif analysis.resolve(call.func) in _AUTOGRAD_ENTRY_POINTS:
+            elif analysis.resolve(call.func) in AUTOGRAD_ENTRY_POINTS:
                 name = analysis.resolve(call.func)
                 yield self.finding(call, f"{name}() inside an autocast region{where}")

@@ -83,3 +83,17 @@ def test_a_cast_under_a_precision_setting_is_the_configuration():
 
 def test_plain_code_has_no_exemption():
     assert {exemption("target()\n", code) for code in RULES_BY_CODE} == {None}
+
+
+def test_modules_under_a_tests_folder_of_the_project_are_test_code(tmp_path):
+    project = tmp_path / "project"
+    (project / "tests" / "helpers").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    helper = project / "tests" / "helpers" / "models.py"
+    helper.write_text("target()\n")
+    assert exemption("target()\n", "AMP015", path=str(helper)) == TEST
+    # a folder named tests above the project says nothing about the project's own modules
+    outer = tmp_path / "tests" / "project"
+    (outer / "src").mkdir(parents=True)
+    (outer / "setup.cfg").write_text("")
+    assert exemption("target()\n", "AMP015", path=str(outer / "src" / "train.py")) is None
