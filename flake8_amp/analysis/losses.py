@@ -9,16 +9,18 @@ from .bindings import Bindings
 from .module_analysis import ModuleAnalysis, call_name
 from .torch_api import LOSS_FUNCTIONS
 
-# Names people give loss callables: criterion, loss_fn, loss_func, loss_fct, ce_loss, mlm_criterion,
-# kd_loss_soft ...
-_LOSS_CALLABLE_NAME = re.compile(
-    r"^(criterion|loss_?fn|loss_?func(tion)?|loss_?fct|.+_criterion|(.+_)?loss(_.+)?)$", re.I
-)
+# Names people give loss callables: criterion, loss_fn, loss_func, loss_fct, ce_loss, mlm_criterion ...
+_LOSS_CALLABLE_NAME = re.compile(r"^(criterion|loss|loss_?fn|loss_?func(tion)?|loss_?fct|.+_loss|.+_criterion)$", re.I)
+# Names of loss definitions: `def focal_loss(...)`, `class DiceLoss(nn.Module)`, `class SSIMCriterion`.
+_LOSS_DEFINITION_NAME = re.compile(r"(^|_)loss$|Loss$|Criterion$|(^|_)criterion$")
 
 
 def is_loss_call(call: ast.Call, analysis: ModuleAnalysis) -> bool:
     """A torch loss function, an ``nn.*Loss`` instance, a function this module or the project defines
-    that returns a loss, or a callable named like a loss."""
+    that returns a loss (``kd_loss_soft(out, soft)``, whatever its name), or, when the source does not
+    show what the callee is (a parameter, another package), a callable named like a loss. A function the
+    project defines is judged by what it returns, never by its name: ``compute_loss_weighting(...)`` is
+    no loss."""
     qualified = analysis.resolve(call.func)
     if qualified is not None and qualified.startswith("torch."):
         return qualified.rpartition(".")[2] in LOSS_FUNCTIONS
@@ -26,17 +28,21 @@ def is_loss_call(call: ast.Call, analysis: ModuleAnalysis) -> bool:
         return True
     from .summaries import Summaries  # summaries ask which calls are losses in turn
 
-    facts = analysis.derived(Summaries).callee_facts(call)
-    if facts is not None and facts.get("computes_loss"):
-        return True
+    summaries = analysis.derived(Summaries)
+    facts = summaries.callee_facts(call)
+    if facts is not None:
+        # What the definition returns, or what its author named it: `class FocalLoss(nn.Module)`.
+        defined = (summaries.call_reference(call) or "").removesuffix(".__call__").rpartition(".")[2]
+        named = bool(_LOSS_DEFINITION_NAME.search(defined)) and not _orchestration(defined) and not facts.get("trains")
+        return bool(facts.get("computes_loss")) or named
     name = call_name(call)
-    if name is None or not _LOSS_CALLABLE_NAME.match(name):
-        return False
-    # `forward_step_calc_loss(model, out)`, `train_step_loss(...)`, `loss.backward`: orchestration that runs
-    # the model and its loss itself, or a method of a loss tensor, not a loss function.
-    if re.search(r"step|backward|scale", name) or name.startswith("forward"):
-        return False
-    return facts is None or facts.get("trains") is not True
+    return name is not None and bool(_LOSS_CALLABLE_NAME.match(name)) and not _orchestration(name)
+
+
+def _orchestration(name: str) -> bool:
+    """`forward_step_calc_loss(model, out)`, `train_step_loss(...)`: code that runs the model and its loss
+    itself (or scales or backwards it), not a loss function."""
+    return bool(re.search(r"step|backward|scale", name, re.I)) or name.startswith("forward")
 
 
 def _is_torch_loss_class(qualified: str) -> bool:

@@ -37,7 +37,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 1
+_SCHEMA = 2
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -82,6 +82,7 @@ class ProjectIndex:
         self._modules: dict[tuple[Path, str], Path | None] = {}
         self._files: list[Path] | None = None
         self._uses: dict[Path, dict[str, object]] | None = None
+        self._any_autocast = False
         self.cache = _DiskCache(root / CACHE_DIRECTORY) if cache else None
 
     # ---------------------------------------------------------------- the questions
@@ -110,6 +111,11 @@ class ProjectIndex:
         except Exception:  # noqa: BLE001
             self._uses = {}
             return {}
+
+    def uses_autocast(self) -> bool:
+        """Some module of the project opens an autocast region."""
+        self.autocast_uses("")  # reads every module that says "autocast"
+        return self._any_autocast
 
     def star_bindings(self, from_path: str, module: str) -> dict[str, str]:
         """The names ``from <module> import *`` binds, with what they are (``torch`` -> ``torch``)."""
@@ -311,6 +317,7 @@ class ProjectIndex:
             if not mentions:
                 continue
             facts = self.module_facts(path)
+            self._any_autocast = self._any_autocast or bool((facts or {}).get("has_autocast"))
             for reference, device, dtype, line in (facts or {}).get("autocast_calls", ()):
                 info = RegionInfo(device, dtype, f"{key}:{line}")
                 for target, qualname in self._targets(path, reference):

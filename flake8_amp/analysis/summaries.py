@@ -439,6 +439,7 @@ class Summaries:
             "functions": functions,
             "classes": classes,
             "autocast_calls": autocast_calls,
+            "has_autocast": bool(self.analysis.regions),
             "imports": self.analysis.imports.bindings(),
         }
 

@@ -31,7 +31,7 @@ _HARMLESS_ATTRIBUTES = frozenset(
 _HARMLESS_CALLS = frozenset({"save", "print", "len", "isinstance", "type", "id", "str", "repr", "deepcopy", "copy"})
 # Optimizers that keep float32 master weights of a float16 model themselves (apex's FP16_Optimizer and
 # *AMP optimizers, DeepSpeed/Megatron mixed-precision optimizers).
-_MASTER_WEIGHT_OPTIMIZER = re.compile(r"AMP$|FP16_?Optimizer|MixedPrecision|Float16Optimizer|MasterWeight", re.I)
+_MASTER_WEIGHT_OPTIMIZER = re.compile(r"AMP$|AMP_?Optimizer|FP16_?Optimizer|MixedPrecision|Float16Optimizer|MasterWeight", re.I)
 #: how far a value is followed through builders' returns, and how many re-casts of it
 _MAX_RETURN_DEPTH = 2
 _MAX_FOLLOWED = 64
@@ -51,6 +51,14 @@ class TrainingUse:
 
 # When a value is used several ways, the message names the most telling one.
 _PRIORITY = {"autocast": 0, "training": 1, "trainer": 2, "optimizer": 3}
+# nn.Module's own methods: an object read as their receiver is a model.
+_MODULE_METHODS = frozenset(
+    {"parameters", "named_parameters", "modules", "named_modules", "children", "train", "eval", "state_dict",
+     "load_state_dict", "requires_grad_", "zero_grad", "register_forward_hook", "register_buffer"}
+)
+# Frameworks whose entry points take the model and optimizer and run mixed precision themselves.
+_PRECISION_FRAMEWORKS = ("colossalai.", "deepspeed.", "apex.")
+_PRECISION_ENTRY_POINTS = frozenset({"initialize", "boost", "FP16_Optimizer", "FP16Optimizer"})
 
 
 class TrainedValues:
@@ -138,7 +146,7 @@ class TrainedValues:
         among them settles it (the half model is what that optimizer expects)."""
         found: TrainingUse | None = None
         for binding in carriers:
-            frozen = self._frozen(binding)
+            frozen = self._frozen(binding) or self._left_out_of_every_optimizer(binding)
             for read in self.bindings.reads_reached_by(binding):
                 returned = self._returned_at(read)
                 if returned is not None:
@@ -152,6 +160,72 @@ class TrainedValues:
                 if found is None or _PRIORITY[use.how] < _PRIORITY[found.how]:
                     found = use
         return found
+
+    # ---------------------------------------------------------------- which models the optimizers train
+    def _left_out_of_every_optimizer(self, binding: Binding) -> bool:
+        """A model whose parameters no optimizer of the module takes, where every optimizer shows whose
+        parameters it takes (``Adam8bit(control_net.prepare_optimizer_params())`` trains the adapter, not
+        the float16 base model it is inserted in): used in training, not trained."""
+        owners = self._optimizer_owners
+        return bool(owners) and binding.key not in owners and self._model_like(binding)
+
+    @cached_property
+    def _optimizer_owners(self) -> set[str] | None:
+        """The names whose parameters the module's optimizers take; None (no conclusion) where an
+        optimizer takes something the source does not trace to an object (``Adam(params)``)."""
+        owners: set[str] = set()
+        for call in self.analysis.calls:
+            if not call.args or not _is_an_optimizer_construction(call, self.training):
+                continue
+            found = {
+                key
+                for node in ast.walk(call.args[0])
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and (key := binding_key(_receiver_of_chain(node.func.value) or node.func.value))
+            }
+            if not found:
+                return None
+            owners |= found
+        return owners
+
+    def _model_like(self, binding: Binding, depth: int = 0) -> bool:
+        """The binding holds a model, not a tensor: it is built by a class (``Net()``,
+        ``UNet.from_pretrained(...)``), read as one (``.parameters()``, ``.train()``, ``.eval()``), or is an
+        in-place cast of one (``unet.half()``)."""
+        receiver = _receiver_of_chain(binding.value) if isinstance(binding.value, ast.Call) else None
+        if isinstance(binding.statement, ast.Expr) and receiver is not None and depth < _MAX_RETURN_DEPTH:
+            if any(self._model_like(earlier, depth + 1) for earlier in self.bindings.reaching(receiver)):
+                return True
+        if isinstance(binding.value, ast.Call):
+            root = binding.value
+            while isinstance(root, ast.Call) and isinstance(root.func, ast.Attribute) and isinstance(root.func.value, ast.Call):
+                root = root.func.value
+            name = call_name(root) or ""
+            if name[:1].isupper() or name == "from_pretrained":
+                return True
+        keys = {binding.key} | ({binding_key(receiver)} if receiver is not None else set())
+        return any(
+            isinstance(parent := self.analysis.parents.get(read), ast.Attribute) and parent.attr in _MODULE_METHODS
+            for key in keys if key
+            for read in self.bindings.reads_of(key)
+        )
+
+    def precision_managed(self, node: ast.AST) -> bool:
+        """The code around ``node`` hands its model to something that keeps float32 master weights and
+        scales the loss itself (a ColossalAI booster or engine, DeepSpeed, apex, an ``*AMPOptimizer``):
+        a low-precision model is what it expects."""
+        function = self.summaries.function_of(node)
+        body = function.body if function is not None else self.analysis.tree.body  # type: ignore[attr-defined]
+        return any(self._manages_precision(call) for call in self.summaries.calls_in(body))
+
+    def _manages_precision(self, call: ast.Call) -> bool:
+        qualified = self.analysis.resolve(call.func) or ""
+        name = call_name(call) or ""
+        if _MASTER_WEIGHT_OPTIMIZER.search(name) or qualified.startswith(_PRECISION_FRAMEWORKS) and name in _PRECISION_ENTRY_POINTS:
+            return True
+        if name == "boost" and isinstance(call.func, ast.Attribute):  # booster.boost(model, optimizer)
+            return any(q.startswith("colossalai.") for q in self.bindings.constructed_classes(call.func.value))
+        return False
 
     def _use_of_read_memoised(self, read: ast.AST, depth: int) -> TrainingUse | None:
         if read not in self._read_uses:
@@ -289,3 +363,10 @@ def _switches_grad_off(statement: ast.stmt) -> bool:
             and call.args[0].value is False
         )
     return False
+
+
+def _is_an_optimizer_construction(call: ast.Call, training: TrainingCalls) -> bool:
+    if training.is_optimizer_construction(call):
+        return True
+    name = call_name(call) or ""
+    return name[:1].isupper() and bool(re.search(r"optim|adam|sgd|lamb|lion|adafactor|rmsprop|adagrad", name, re.I))

@@ -31,9 +31,10 @@ class ManualHalfCast(Rule):
                 continue
             trained = trained or analysis.derived(TrainedValues)
             use = trained.use_of_cast(call)
-            if use is None or use.master_weights or use.torch_optimizer:
-                # Nothing trains it; or its optimizer keeps float32 master weights itself; or all that
-                # trains it is a torch.optim optimizer over its parameters, which AMP015 reports there.
+            if use is None or use.master_weights or use.torch_optimizer or trained.precision_managed(use.node):
+                # Nothing trains it; or its optimizer (or the engine the model is handed to) keeps float32
+                # master weights itself; or all that trains it is a torch.optim optimizer over its
+                # parameters, which AMP015 reports there.
                 continue
             func = call.func
             assert isinstance(func, ast.Attribute)  # cast_dtype only recognises method casts

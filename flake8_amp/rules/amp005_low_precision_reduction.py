@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
 from ..analysis.low_precision import LowPrecisionFlow
-from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import as_operand, excerpt
 from .base import Finding, Rule, Severity
 
@@ -48,6 +49,8 @@ class LowPrecisionReduction(Rule):
             context = analysis.context(call)
             if context.regions:
                 continue  # inside autocast (or a region nested in it): AMP018's ground
+            if _only_reported(call, analysis):
+                continue  # `x.mean().item()` for a log line: a number shown, nothing computed with it
             flow = flow or analysis.derived(LowPrecisionFlow)
             origin = flow.origin(value)
             if origin is None:
@@ -61,3 +64,22 @@ class LowPrecisionReduction(Rule):
             text = excerpt(value)
             fix = f"use {as_operand(value)}.float().{name}()" if name in _NO_DTYPE_PARAMETER else self.fix
             yield self.finding(call, f"{name}() of '{text}', {reason}, accumulates in low precision", fix=fix)
+
+
+# Where a value only gets reported: turned into a Python number, printed, formatted or logged.
+_REPORTING_METHODS = frozenset({"item", "tolist"})
+_REPORTING_CALL = re.compile(r"^(print|float|int|str|repr|format|log|log_dict|log_metrics|add_scalar|add_scalars|set_postfix|info|debug|warning|write)$")
+
+
+def _only_reported(call: ast.Call, analysis: ModuleAnalysis) -> bool:
+    """``x.mean().item()``, ``print(x.sum())``, ``f"{x.mean()}"``, ``logger.log({"loss": x.mean()})``."""
+    parents = analysis.parents
+    parent = parents.get(call)
+    if isinstance(parent, ast.Attribute) and parent.attr in _REPORTING_METHODS:
+        return isinstance(parents.get(parent), ast.Call)
+    node: ast.AST = call
+    while isinstance(parent, (ast.Dict, ast.Tuple, ast.List, ast.keyword, ast.FormattedValue, ast.JoinedStr)):
+        if isinstance(parent, ast.FormattedValue):
+            return True
+        node, parent = parent, parents.get(parent)
+    return isinstance(parent, ast.Call) and node is not parent.func and bool(_REPORTING_CALL.match(call_name(parent) or ""))

@@ -42,7 +42,7 @@ class CustomFunctionWithoutCustomFwd(Rule):
             decorated = {name: _decorated(method, name, analysis) for name, method in methods.items()}
             if len(methods) == 2 and any(decorated.values()):
                 reason = "its {other} is decorated"  # half of the pair: the author meant it to be autocast-aware
-            elif _uses_autocast_float16_ops(cls) and _has_working_backward(cls):
+            elif _uses_autocast_float16_ops(cls) and _has_working_backward(cls) and _autocast_in_play(analysis, summaries):
                 reason = None
             elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
                 reason = "it runs compiled kernels under autocast"
@@ -116,6 +116,14 @@ def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
             ):
                 return True
     return False
+
+
+def _autocast_in_play(analysis: ModuleAnalysis, summaries: Summaries) -> bool:
+    """This module or another of its project opens an autocast region (a project that never does, like
+    one that casts its models by hand, runs no Function under autocast); a file linted alone may be."""
+    if analysis.uses_autocast or summaries.runs_under_autocast:
+        return True
+    return analysis.project is None or analysis.project.uses_autocast()
 
 
 def _used_under_autocast(cls: ast.ClassDef, summaries: Summaries) -> bool:

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.constants import constant_value, is_int_constant, overflows_fp16
+from ..analysis.control_flow import ancestors
 from ..analysis.dtypes import literal_dtype
 from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values
 from ..analysis.module_analysis import ModuleAnalysis, call_name
@@ -47,11 +48,9 @@ class Fp16OverflowLiteral(Rule):
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         precision = analysis.derived(module_precision)
         # What an unknown dtype means: in fp16 code it may be float16; without any low-precision
-        # evidence, only model code (an nn.Module that this module does not itself train in float32)
-        # is code that some trainer may run under float16 autocast.
-        unknown_may_be_fp16 = precision == FP16_PRECISION or (
-            precision is None and _defines_a_model(analysis) and not analysis.derived(TrainingCalls).trains
-        )
+        # evidence, only model code (the methods of an nn.Module that this module does not itself train
+        # in float32) is code that some trainer may run under float16 autocast.
+        model_code_may_be_fp16 = precision is None and not analysis.derived(TrainingCalls).trains
         values = None
         for call in analysis.calls_named(*_FILL_NAMES):
             site = _fill_site(call, analysis)
@@ -66,7 +65,7 @@ class Fp16OverflowLiteral(Rule):
             if verdict == NOT_FP16:
                 continue
             if verdict != FP16:
-                if not unknown_may_be_fp16:
+                if not (precision == FP16_PRECISION or model_code_may_be_fp16 and _in_model_code(call, analysis)):
                     continue
                 if is_int_constant(fill) and not _floating_result(tensor, analysis):
                     continue  # an integer fill may well be for an index tensor
@@ -183,11 +182,12 @@ def _reason(node: ast.AST, analysis: ModuleAnalysis) -> str:
     return region.reason() if region is not None else ""
 
 
-def _defines_a_model(analysis: ModuleAnalysis) -> bool:
-    """A class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule."""
-    for cls in analysis.nodes(ast.ClassDef):
-        for base in cls.bases:
-            qualified = analysis.resolve(base) or ""
-            if qualified.startswith("torch.nn.") or qualified.endswith("LightningModule"):
-                return True
+def _in_model_code(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """In a method of a class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule."""
+    for _, parent in ancestors(node, analysis, cross_scopes=True):
+        if isinstance(parent, ast.ClassDef):
+            return any(
+                (qualified := analysis.resolve(base) or "").startswith("torch.nn.") or qualified.endswith("LightningModule")
+                for base in parent.bases
+            )
     return False
