@@ -282,7 +282,7 @@ class ModuleAnalysis:
         """The autocast region a ``with`` item opens: a constructor call, or a name bound to one
         (``ctx = nullcontext() if cpu else torch.autocast("cuda")`` ... ``with ctx:``)."""
         if isinstance(expr, ast.Call):
-            return region_from_call(expr, owner, self.resolve)
+            return region_from_call(expr, owner, self.resolve) or self._region_returned_by(expr, owner)
         if not isinstance(expr, (ast.Name, ast.Attribute)):
             return None
         from .bindings import Bindings, alternatives  # bindings are derived from this analysis
@@ -300,6 +300,25 @@ class ModuleAnalysis:
         region, conditional = found[0]
         if conditional or len(found) > 1:
             # The name may hold autocast or a null context: it is a region of unknown state.
+            return AutocastRegion(owner, region.api, region.device_type, region.dtype, None, region.dtype_known)
+        return region
+
+    def _region_returned_by(self, call: ast.Call, owner: ast.AST) -> AutocastRegion | None:
+        """``with _get_fp16_context():`` where the module's function returns ``torch.cuda.amp.autocast()``
+        (or, on some path, a null context: then a region of unknown state)."""
+        if not isinstance(call.func, ast.Name):
+            return None
+        from .bindings import Bindings  # bindings are derived from this analysis
+
+        functions = [b.statement for b in self.derived(Bindings).reaching(call.func) if isinstance(b.statement, FunctionNode)]
+        if len(functions) != 1:
+            return None
+        returned = [node.value for node in ast.walk(functions[0]) if isinstance(node, ast.Return) and node.value is not None]
+        regions = [r for value in returned if isinstance(value, ast.Call) and (r := region_from_call(value, owner, self.resolve))]
+        if not regions:
+            return None
+        region = regions[0]
+        if len(regions) < len(returned):
             return AutocastRegion(owner, region.api, region.device_type, region.dtype, None, region.dtype_known)
         return region
 

@@ -37,6 +37,8 @@ from .training_calls import (
 )
 
 FunctionNode = (ast.FunctionDef, ast.AsyncFunctionDef)
+# The names a GradScaler class goes by: torch's, and the copies frameworks keep (ColossalAI's own GradScaler).
+_SCALER_CLASS_NAMES = ("GradScaler", "ShardedGradScaler")
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 LOCAL = "@"
 INSTANCE_CALL = "__call__"
@@ -390,14 +392,31 @@ class Summaries:
 
     # ---------------------------------------------------------------- class facts
     def class_facts(self, cls: ast.ClassDef) -> dict:
-        """``owns_scaler``; ``state_dict``: None without a ``state_dict()`` method, else which states
-        its returned dict holds (``{"optimizer": True, "scaler": False}``)."""
+        """``owns_scaler`` (it builds a GradScaler: torch's, or a project's own class of that name);
+        ``state_dict``: None without a ``state_dict()`` method, else which states its returned dict holds
+        (``{"optimizer": True, "scaler": False}``), its own or one it inherits (from a class of this module,
+        or through the project index from another); ``inherits_state_dict``: the method is a base's."""
         owns_scaler = any(
-            self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS and self._enclosing_class(call) is cls
-            for call in self.analysis.derived(TrainingCalls).grad_scaler_constructions
+            self._enclosing_class(call) is cls
+            and (self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS or (call_name(call) or "").endswith("GradScaler"))
+            for call in self.analysis.calls_named(*_SCALER_CLASS_NAMES)
         )
+        own = next((m for m in cls.body if isinstance(m, FunctionNode) and m.name == "state_dict"), None)
         method = self.method(cls, "state_dict")
-        return {"owns_scaler": owns_scaler, "state_dict": self.returned_states(method) if method is not None else None}
+        states = self.returned_states(method) if method is not None else self._inherited_states(cls)
+        return {"owns_scaler": owns_scaler, "state_dict": states, "inherits_state_dict": own is None and states is not None}
+
+    def _inherited_states(self, cls: ast.ClassDef) -> dict | None:
+        project = self.analysis.project
+        if project is None or not self.analysis.path:
+            return None
+        for base in cls.bases:
+            reference = self.analysis.resolve(base)
+            if reference and not reference.startswith("torch."):
+                facts = project.class_facts(self.analysis.path, reference)
+                if facts and facts.get("state_dict") is not None:
+                    return facts["state_dict"]
+        return None
 
     def returned_states(self, function: ast.AST) -> dict | None:
         """Which states the dict a function returns holds: ``{"optimizer": bool, "scaler": bool}``, or

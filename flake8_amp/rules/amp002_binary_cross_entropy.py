@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from typing import Iterator
 
 from ..analysis.bindings import Bindings
@@ -15,9 +16,10 @@ _UNSAFE = {
     "torch.nn.BCELoss": "BCELoss",
 }
 _UNSAFE_NAMES = frozenset(_UNSAFE.values())
-# Frameworks that turn autocast on from configuration (Trainer(precision="16-mixed"),
-# Accelerator(mixed_precision="fp16")): their modules run under autocast without saying so.
-_AUTOCASTING_FRAMEWORKS = ("lightning", "pytorch_lightning", "lightning_fabric", "accelerate")
+# Frameworks that turn autocast on from configuration and run the hooks of their classes under it:
+# Lightning's training_step (Trainer(precision="16-mixed")), speechbrain's compute_forward and
+# compute_objectives (Brain with precision fp16/bf16). The base classes whose methods run so:
+_AUTOCASTING_BASES = re.compile(r"(^|\.)(LightningModule|Brain)$")
 _SAFE_REPLACEMENT = {
     "binary_cross_entropy": "F.binary_cross_entropy_with_logits on the logits (drop the sigmoid)",
     "BCELoss": "nn.BCEWithLogitsLoss on the logits (drop the sigmoid)",
@@ -39,11 +41,12 @@ class BinaryCrossEntropy(Rule):
         candidates = [n for n in candidates if isinstance(n.ctx, ast.Load) and analysis.resolve(n) in _UNSAFE]
         if not candidates:
             return
-        framework = any(analysis.imports.imports_from(framework) for framework in _AUTOCASTING_FRAMEWORKS)
         for node in sorted(candidates, key=lambda n: (n.lineno, n.col_offset)):  # type: ignore[attr-defined]
             short = _UNSAFE[analysis.resolve(node)]  # type: ignore[index]
             where = _runs_under_autocast(node, short, analysis)
-            if framework or where is not None:
+            if where is None and _in_a_framework_hook(node, analysis):
+                where = ""
+            if where is not None:
                 yield self.finding(node, f"{short} is unsafe to autocast{where or ''}", fix=f"use {_SAFE_REPLACEMENT[short]}")
 
 
@@ -81,6 +84,18 @@ def _runs_under_autocast(node: ast.AST, short: str, analysis: ModuleAnalysis) ->
             elif not isinstance(read_parent, ast.Attribute) and _module_runs_autocast(analysis) is not None:
                 return ""  # handed elsewhere: it may be called under autocast there
     return None
+
+
+def _in_a_framework_hook(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """In a method of a LightningModule or a speechbrain Brain, which their frameworks run under
+    autocast when a mixed precision is configured."""
+    cls = _enclosing_class(node, analysis.derived(Bindings))
+    if not isinstance(cls, ast.ClassDef):
+        return False
+    return any(
+        _AUTOCASTING_BASES.search(analysis.resolve(base) or getattr(base, "attr", getattr(base, "id", "")))
+        for base in cls.bases
+    )
 
 
 def _enclosing_class(node: ast.AST, bindings: Bindings) -> ast.AST | None:

@@ -19,7 +19,12 @@ from .base import Finding, Rule, Severity
 _MAX_NAMES = ("max", "amax", "logsumexp")
 # nn modules whose call is the op of the same name
 _MODULE_OPS = {"torch.nn.Softmax": "softmax", "torch.nn.Sigmoid": "sigmoid"}
-_FUNCTION_OPS = {"torch.special.expit": "sigmoid", "torch.special.softmax": "softmax", "torch.special.exp": "exp"}
+_FUNCTION_OPS = {
+    "torch.special.expit": "sigmoid",
+    "torch.special.softmax": "softmax",
+    "torch.special.exp": "exp",
+    "torch.nn.functional.gumbel_softmax": "softmax",  # hard=True gives exact zeros: log is -inf
+}
 _MAX_DEPTH = 3
 _REFERENCE = re.compile(r"reference|(^|_)ref(_|$)", re.I)
 

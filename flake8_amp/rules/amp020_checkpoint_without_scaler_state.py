@@ -43,18 +43,24 @@ class CheckpointWithoutScalerState(Rule):
                 yield self.finding(call, "checkpoint saves the optimizer state but not the GradScaler's")
 
     def _state_dict_methods(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        """A class that owns a GradScaler and whose ``state_dict()`` leaves it out."""
+        """A class that owns a GradScaler and whose ``state_dict()``, its own or the one it inherits,
+        leaves it out."""
         summaries = None
         for cls in analysis.nodes(ast.ClassDef):
-            if not any(isinstance(m, ast.FunctionDef) and m.name == "state_dict" for m in cls.body):
-                continue
             summaries = summaries or analysis.derived(Summaries)
             facts = summaries.class_facts(cls)
             states = facts["state_dict"]
-            if facts["owns_scaler"] and states is not None and states["optimizer"] and not states["scaler"]:
-                method = summaries.method(cls, "state_dict")
+            if not (facts["owns_scaler"] and states is not None and states["optimizer"] and not states["scaler"]):
+                continue
+            if facts["inherits_state_dict"]:
                 yield self.finding(
-                    method,  # type: ignore[arg-type]
+                    cls,
+                    f"{cls.name} owns a GradScaler, but the state_dict() it inherits holds only the optimizer state",
+                    fix="override state_dict() / load_state_dict() to include the scaler's state",
+                )
+            else:
+                yield self.finding(
+                    summaries.method(cls, "state_dict"),  # type: ignore[arg-type]
                     f"{cls.name}.state_dict() holds the optimizer state but not the GradScaler's it owns",
                     fix="add the scaler's state_dict() to it (and load it in load_state_dict)",
                 )

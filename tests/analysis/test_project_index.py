@@ -126,7 +126,7 @@ def test_module_names_resolve_like_python_imports(tmp_path):
     assert index._module_path(script, "missing") is None
     # `from pkg import Trainer` reaches the class through the package's re-export
     assert index.class_facts(str(script), "pkg.Trainer") == {
-        "owns_scaler": False, "state_dict": None, "bases": [], "autograd_function": False
+        "owns_scaler": False, "state_dict": None, "inherits_state_dict": False, "bases": [], "autograd_function": False
     }
 
 

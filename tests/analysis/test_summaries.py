@@ -123,7 +123,7 @@ def test_functions_called_inside_an_autocast_region_inherit_it():
 def test_class_facts_say_what_state_dict_holds():
     _, found = summaries()
     facts = found.class_facts(function(found, "Trainer"))
-    assert facts == {"owns_scaler": True, "state_dict": {"optimizer": True, "scaler": False}}
+    assert facts == {"owns_scaler": True, "state_dict": {"optimizer": True, "scaler": False}, "inherits_state_dict": False}
     assert found.class_facts(function(found, "Net"))["state_dict"] is None
 
 
