@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import bisect
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 from .module_analysis import ModuleAnalysis, binding_key
 
@@ -35,20 +34,35 @@ Position = tuple[int, int]
 Arm = tuple[ast.AST, str]
 
 
-@dataclass(frozen=True, eq=False)
 class Binding:
     """One binding of a name. ``value`` is the bound expression, the ``AugAssign`` statement for
-    ``x += y``, or None where the source does not say (loop targets, parameters, imports ...)."""
+    ``x += y``, or None where the source does not say (loop targets, parameters, imports ...).
+    ``unpacked``: ``a, b = pair`` (the value is the whole right-hand side). ``from_a_function``: made by
+    a function for its ``global`` name, so it happens when the function runs, if it does. Compared by
+    identity; a plain class with slots, as modules make thousands of them."""
 
-    key: str
-    scope: ast.AST | None
-    statement: ast.AST
-    value: ast.AST | None
-    #: ``a, b = pair``: the value is the whole right-hand side
-    unpacked: bool = False
-    position: Position = field(default=(0, 0))
-    #: made by a function for its ``global`` name: it happens when the function runs, if it does
-    from_a_function: bool = False
+    __slots__ = ("key", "scope", "statement", "value", "unpacked", "position", "from_a_function")
+
+    def __init__(
+        self,
+        key: str,
+        scope: ast.AST | None,
+        statement: ast.AST,
+        value: ast.AST | None,
+        unpacked: bool = False,
+        position: Position = (0, 0),
+        from_a_function: bool = False,
+    ) -> None:
+        self.key = key
+        self.scope = scope
+        self.statement = statement
+        self.value = value
+        self.unpacked = unpacked
+        self.position = position
+        self.from_a_function = from_a_function
+
+    def __repr__(self) -> str:
+        return f"Binding({self.key!r} at {self.position})"
 
 
 def parameter_names(function: ast.AST) -> set[str]:

@@ -91,6 +91,7 @@ class ModuleAnalysis:
         self._by_type: dict[type, list[ast.AST]] = defaultdict(list)
         self._contexts: dict[ast.AST, Context] = {}
         self._statements: dict[ast.AST, ast.stmt] = {}
+        self._resolved: dict[ast.AST, str | None] = {}
         self._chain_ends: dict[ast.AST, ast.AST] = {}
         self._derived: dict[Callable, object] = {}
         self._walk()
@@ -180,10 +181,16 @@ class ModuleAnalysis:
         return positions
 
     def resolve(self, node: ast.AST) -> str | None:
+        """The qualified name ``node`` refers to through the module's imports (memoised per node: every
+        rule resolves the same callees)."""
+        resolved = self._resolved
+        if node in resolved:
+            return resolved[node]
         qualified = self.imports.resolve(node)
         if qualified is None and self.imports.star_modules and not self._star_imports_bound:
             self._bind_star_imports()
             qualified = self.imports.resolve(node)
+        resolved[node] = qualified
         return qualified
 
     def _bind_star_imports(self) -> None:

@@ -238,7 +238,39 @@ class Summaries:
 
     def calls_in(self, body: list[ast.stmt]) -> Iterator[ast.Call]:
         """The calls that run when ``body`` runs: not inside nested functions, classes or lambdas, nor
-        inside a nested ``autocast(enabled=False)`` block."""
+        inside a nested ``autocast(enabled=False)`` block. ``body`` is a function's, the module's, or an
+        autocast region's."""
+        owner = self.analysis.parents.get(body[0]) if body else None
+        if isinstance(owner, FunctionNode) and body is owner.body:
+            return iter(self._calls_by_function.get(owner, ()))
+        if owner is self.analysis.tree:
+            return iter(self._calls_by_function.get(None, ()))
+        return self._walk_calls(body)
+
+    @cached_property
+    def _calls_by_function(self) -> dict[ast.AST | None, list[ast.Call]]:
+        """Every call of the module by the function it runs in (lambdas belong to no function's body),
+        in source order, less those inside a disabled autocast region."""
+        disabled = self._inside_disabled_regions
+        grouped: dict[ast.AST | None, list[ast.Call]] = {}
+        bindings = self.bindings
+        for call in self.analysis.calls:
+            scope = bindings.scope_of(call)
+            if isinstance(scope, (ast.Lambda, ast.ClassDef)) or call in disabled:
+                continue
+            grouped.setdefault(scope, []).append(call)
+        return grouped
+
+    @cached_property
+    def _inside_disabled_regions(self) -> set[ast.AST]:
+        found: set[ast.AST] = set()
+        for region in self.analysis.regions:
+            if region.enabled is False and isinstance(region.node, (ast.With, ast.AsyncWith)):
+                for statement in region.node.body:
+                    found.update(ast.walk(statement))
+        return found
+
+    def _walk_calls(self, body: list[ast.stmt]) -> Iterator[ast.Call]:
         pending: list[ast.AST] = list(reversed(body))
         region_of = self.analysis.region_of_with_item
         while pending:
@@ -396,15 +428,19 @@ class Summaries:
         ``state_dict``: None without a ``state_dict()`` method, else which states its returned dict holds
         (``{"optimizer": True, "scaler": False}``), its own or one it inherits (from a class of this module,
         or through the project index from another); ``inherits_state_dict``: the method is a base's."""
-        owns_scaler = any(
-            self._enclosing_class(call) is cls
-            and (self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS or (call_name(call) or "").endswith("GradScaler"))
-            for call in self.analysis.calls_named(*_SCALER_CLASS_NAMES)
-        )
+        owns_scaler = self.owns_scaler(cls)
         own = next((m for m in cls.body if isinstance(m, FunctionNode) and m.name == "state_dict"), None)
         method = self.method(cls, "state_dict")
         states = self.returned_states(method) if method is not None else self._inherited_states(cls)
         return {"owns_scaler": owns_scaler, "state_dict": states, "inherits_state_dict": own is None and states is not None}
+
+    def owns_scaler(self, cls: ast.ClassDef) -> bool:
+        """The class builds a GradScaler (torch's, or a project's own class of that name)."""
+        return any(
+            self._enclosing_class(call) is cls
+            and (self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS or (call_name(call) or "").endswith("GradScaler"))
+            for call in self.analysis.calls_named(*_SCALER_CLASS_NAMES)
+        )
 
     def _inherited_states(self, cls: ast.ClassDef) -> dict | None:
         project = self.analysis.project

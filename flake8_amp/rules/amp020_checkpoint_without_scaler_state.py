@@ -48,6 +48,8 @@ class CheckpointWithoutScalerState(Rule):
         summaries = None
         for cls in analysis.nodes(ast.ClassDef):
             summaries = summaries or analysis.derived(Summaries)
+            if not summaries.owns_scaler(cls):
+                continue
             facts = summaries.class_facts(cls)
             states = facts["state_dict"]
             if not (facts["owns_scaler"] and states is not None and states["optimizer"] and not states["scaler"]):
