@@ -4,9 +4,10 @@ Same rules, same findings as ``flake8 --select AMP``: the module's bytes are par
 handed to flake8-amp's engine; no rule logic lives here. Message ids are ``<category>51NN`` for rule
 AMP0NN (51 is the checker id, in pylint's range for external checkers); symbols are ``amp-<name>``; each
 message text starts with the AMP code, so one code can be searched across both linters.
-Severity maps to pylint's categories: HIGH -> error (E), MEDIUM -> warning (W), LOW -> convention (C):
-convention rather than refactor because IDEs show pylint's refactor messages only as hints, outside the
-problems list (VS Code's pylint extension maps refactor to Hint, convention to Information).
+Severity maps to pylint's categories as :data:`flake8_amp.rules.base.PYLINT_CATEGORY` says: HIGH -> error
+(E), MEDIUM -> warning (W), LOW -> convention (C). Convention rather than refactor because IDEs show
+pylint's refactor messages only as hints, outside the problems list (VS Code's pylint extension maps
+refactor to Hint, convention to Information).
 A rule that crashes on a file is reported as F5100 ``amp-internal-error`` (flake8's AMP000), as pylint
 reports its own internal failures as fatal messages.
 """
@@ -20,23 +21,15 @@ from pylint.checkers import BaseRawFileChecker
 
 from flake8_amp.engine import INTERNAL_ERROR_CODE, PRECISIONS, LintOptions, lint_tree, mentions_torch
 from flake8_amp.rule_docs import doc_path
-from flake8_amp.rules import ALL_RULES, Rule, Severity
+from flake8_amp.rules import ALL_RULES, Rule
+from flake8_amp.rules.base import PYLINT_CHECKER_ID
 
 if TYPE_CHECKING:
     from astroid import nodes
     from pylint.lint import PyLinter
 
-CHECKER_ID = 51
 AUTO = "auto"
-INTERNAL_ERROR_MESSAGE = (f"F{CHECKER_ID}00", "amp-internal-error")
-_CATEGORY = {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "C"}
-
-
-def message_id(rule: Rule) -> str:
-    number = int(rule.code[3:])
-    if not 0 < number < 100:
-        raise ValueError(f"flake8-amp: rule code {rule.code} does not fit pylint's <category>{CHECKER_ID}NN ids")
-    return f"{_CATEGORY[rule.severity]}{CHECKER_ID}{number:02d}"
+INTERNAL_ERROR_MESSAGE = (f"F{PYLINT_CHECKER_ID}00", "amp-internal-error")
 
 
 def _description(rule: Rule) -> str:
@@ -49,7 +42,7 @@ def _description(rule: Rule) -> str:
 def pylint_messages(rules: Iterable[Rule]) -> dict[str, tuple[str, str, str, dict[str, Any]]]:
     """pylint's ``msgs`` table: one message per rule; opinionated rules are disabled by default."""
     messages: dict[str, tuple[str, str, str, dict[str, Any]]] = {
-        message_id(rule): ("%s", rule.symbol, _description(rule), {"default_enabled": rule.default_enabled})
+        rule.pylint_id: ("%s", rule.symbol, _description(rule), {"default_enabled": rule.default_enabled})
         for rule in rules
     }
     msgid, symbol = INTERNAL_ERROR_MESSAGE

@@ -12,7 +12,7 @@ import pylint_amp
 from flake8_amp.engine import INTERNAL_ERROR_CODE
 from flake8_amp.rules import ALL_RULES, RULES_BY_CODE, Severity
 from linter_runs import run_pylint
-from pylint_amp import AmpChecker, message_id, pylint_messages
+from pylint_amp import AmpChecker, pylint_messages
 
 HAZARD = "import torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
 DEPRECATED = "import torch\nscaler = torch.cuda.amp.GradScaler()\n"
@@ -29,17 +29,17 @@ def script(tmp_path):
 
 
 def test_one_message_per_rule_in_the_external_range_with_the_rule_symbol():
-    ids = [message_id(rule) for rule in ALL_RULES]
+    ids = [rule.pylint_id for rule in ALL_RULES]
     assert len(set(ids)) == len(ids)
     for rule in ALL_RULES:
-        msgid = message_id(rule)
+        msgid = rule.pylint_id
         assert re.fullmatch(r"[EWC]51\d\d", msgid) and msgid.endswith(rule.code[-2:])
         assert msgid[0] == {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "C"}[rule.severity]
         text, symbol, description, options = AmpChecker.msgs[msgid]
         assert symbol == rule.symbol == f"amp-{rule.name}"
         assert description.startswith(f"{rule.code} ({rule.severity.value}): {rule.summary}")
         assert options == {"default_enabled": rule.default_enabled}
-    assert message_id(RULES_BY_CODE["AMP001"]) == "E5101"
+    assert RULES_BY_CODE["AMP001"].pylint_id == "E5101"
 
 
 def test_messages_start_with_the_amp_code_at_pylints_zero_based_column(script):
@@ -79,7 +79,7 @@ def test_help_msg_prints_the_summary_and_where_the_doc_is():
             text=True,
         )
         out = " ".join(result.stdout.split())
-        assert f"{rule.symbol} ({message_id(rule)})" in out
+        assert f"{rule.symbol} ({rule.pylint_id})" in out
         assert rule.summary in out
         assert f"flake8-amp explain {rule.code}" in out and f"{rule.code}.md" in out
 
@@ -94,7 +94,7 @@ def test_opinionated_rules_are_disabled_by_default(script, monkeypatch):
         return [m.symbol for m in run_pylint([path], *args, only_amp=False) if m.symbol.startswith("amp-")]
 
     assert amp_symbols() == []
-    for enable in (rule.symbol, message_id(rule), "amp"):
+    for enable in (rule.symbol, rule.pylint_id, "amp"):
         assert amp_symbols(f"--enable={enable}") == [rule.symbol]
 
 

@@ -1,5 +1,7 @@
 """Every rule has a doc with the standard headings, and its examples behave as the doc says:
-the "Example" block raises exactly that rule, the "Use instead" block raises nothing."""
+the "Example" block raises exactly that rule, the "Use instead" block raises nothing. The parts of the docs
+that restate a rule's metadata (header line, the shared-exemption bullet, the README's rule table, the
+table in exemptions.md) match the rules, and what they say about test code is what the engine does."""
 
 from __future__ import annotations
 
@@ -8,8 +10,21 @@ import re
 import pytest
 
 from flake8_amp.engine import lint_source
-from flake8_amp.rule_docs import docs_directory, read_doc
-from flake8_amp.rules import ALL_RULES
+from flake8_amp.rule_docs import (
+    QUIET_HEADING,
+    doc_header,
+    docs_directory,
+    exemptions_table,
+    policy_bullet,
+    read_doc,
+    rules_table,
+    synced_doc,
+    with_table,
+)
+from flake8_amp.rules import ALL_RULES, RULES_BY_CODE
+
+README = docs_directory().parent / "README.md"
+STALE = "stale: run `python -m flake8_amp.rule_docs` and commit what it rewrites"
 
 HEADINGS = [
     "## What it does",
@@ -69,3 +84,64 @@ def test_every_doc_page_links_only_to_pages_that_exist(page):
     text = (docs_directory() / page).read_text()
     for target in TOPIC_LINK.findall(text):
         assert (docs_directory() / target).is_file(), f"{page} links to missing {target}"
+
+
+@pytest.mark.parametrize("code", RULES)
+def test_header_and_policy_bullet_are_generated_from_the_rule(code):
+    rule, doc = RULES_BY_CODE[code], read_doc(code)
+    assert doc.split("\n")[2] == doc_header(rule), STALE
+    assert section(doc, QUIET_HEADING).lstrip("\n").startswith(policy_bullet(rule) + "\n- "), STALE
+    assert synced_doc(doc, rule) == doc, STALE
+
+
+def test_header_names_severity_pylint_symbol_id_and_fix():
+    assert doc_header(RULES_BY_CODE["AMP001"]) == (
+        "**Severity:** HIGH · **pylint:** `amp-manual-half-cast` (E5101) · **Fix:** "
+        + RULES_BY_CODE["AMP001"].fix
+    )
+
+
+def test_policy_bullet_lists_what_applies_to_the_rule():
+    casts = policy_bullet(RULES_BY_CODE["AMP001"]).replace("\n  ", " ")
+    for part in ("test code", "older torch", "evaluation-only code", "float32 arm", "precision setting"):
+        assert part in casts
+    assert "bfloat16" not in casts
+    assert "bfloat16" in policy_bullet(RULES_BY_CODE["AMP007"])
+    deprecated = policy_bullet(RULES_BY_CODE["AMP013"]).replace("\n  ", " ")
+    assert deprecated == (
+        "- The [shared exemptions](exemptions.md): fallbacks that keep an older torch working. "
+        "Test code is not exempt: it breaks on this too."
+    )
+
+
+def test_readme_rule_table_is_generated_from_the_rules():
+    readme = README.read_text(encoding="utf-8")
+    table = rules_table(ALL_RULES, "rule_docs/")
+    assert with_table(readme, "rule table", table) == readme, STALE
+    assert "| [AMP007](rule_docs/AMP007.md) | HIGH | `amp-fp16-overflow-literal` (E5107) | A literal beyond float16's range (\\|x\\|" in table
+    assert table.count("\n") == len(ALL_RULES) + 1
+
+
+def test_exemption_table_is_generated_from_the_rules():
+    page = (docs_directory() / "exemptions.md").read_text(encoding="utf-8")
+    assert with_table(page, "exemption table", exemptions_table(ALL_RULES)) == page, STALE
+    assert "| [AMP013](AMP013.md) | reports | quiet | reports | reports | reports | reports |" in page
+
+
+@pytest.mark.parametrize("code", RULES)
+def test_what_the_docs_say_about_test_code_is_what_the_engine_does(code, tmp_path):
+    """The Example block, saved as a test module, is quiet exactly for the rules that exempt test code."""
+    rule = RULES_BY_CODE[code]
+    block = CODE_BLOCK.findall(section(read_doc(code), "## Example"))[0]
+    (tmp_path / "pyproject.toml").write_text("")
+    for name in ("test_example.py", "tests/helpers.py"):
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(block)
+        found = {f.code for f in lint_source(block, path=str(path))}
+        assert found == (set() if rule.exempt_in_tests else {code}), name
+
+
+def test_a_stale_table_is_named_not_silently_skipped():
+    with pytest.raises(LookupError, match="rule table"):
+        with_table("no markers here", "rule table", "| x |")

@@ -16,6 +16,12 @@ class Severity(str, enum.Enum):
     LOW = "LOW"
 
 
+#: pylint's id for the flake8-amp checker: rule AMP0NN is message <category>51NN
+PYLINT_CHECKER_ID = 51
+#: severity -> pylint's message category (convention, not refactor, for LOW: IDEs show refactor
+#: messages only as hints, outside the problems list)
+PYLINT_CATEGORY = {Severity.HIGH: "E", Severity.MEDIUM: "W", Severity.LOW: "C"}
+
 # Separators that the grouped report uses to take a message apart again.
 FIX_SEPARATOR = " -> "
 DOC_POINTER = " (flake8-amp explain {code})"
@@ -83,4 +89,13 @@ class Rule:
 
     @property
     def symbol(self) -> str:
+        """pylint's message symbol, ``amp-manual-half-cast``."""
         return f"amp-{self.name}"
+
+    @property
+    def pylint_id(self) -> str:
+        """pylint's message id, ``E5101`` for a HIGH AMP001."""
+        number = int(self.code[3:])
+        if not 0 < number < 100:
+            raise ValueError(f"flake8-amp: rule code {self.code} does not fit pylint's <category>{PYLINT_CHECKER_ID}NN ids")
+        return f"{PYLINT_CATEGORY[self.severity]}{PYLINT_CHECKER_ID}{number:02d}"
