@@ -3,7 +3,8 @@
 Conditions are facts: ``if use_amp:`` in two places of a function is one switch, so a statement under
 the first and one under the second belong to one path, and the ``else:`` arms of both to the other. A
 condition is known by its normalised text (``scaler is not None`` and ``scaler`` are the same fact);
-``not``, ``and``, ``or``, ``is None`` and ``== False`` are taken apart. An ``if C: ... return`` with no
+``not``, ``and``, ``or``, ``is None`` and ``== False`` are taken apart, and the ``else`` of ``if a and
+b:`` is known to exclude every path where both ``a`` and ``b`` hold. An ``if C: ... return`` with no
 ``else`` makes ``not C`` hold for the rest of its block.
 
 Some facts are precision switches: a condition that names mixed precision (``use_amp``, ``args.fp16``,
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterator
 
@@ -42,10 +43,13 @@ _EXITS = (ast.Return, ast.Raise, ast.Continue, ast.Break)
 
 @dataclass(frozen=True)
 class Fact:
-    """A condition (by its normalised text) and whether it holds."""
+    """A condition (by its normalised text) and whether it holds. A compound condition that says only
+    that *some* of its parts hold (``a and b`` false, ``a or b`` true) carries those parts in ``one_of``:
+    a path where every one of them fails cannot be the same pass."""
 
     key: str
     holds: bool
+    one_of: tuple["Fact", ...] = field(default=(), compare=False)
 
     @property
     def negated(self) -> "Fact":
@@ -80,7 +84,11 @@ def facts_when(test: ast.AST, truth: bool) -> frozenset[Fact]:
         elif isinstance(node, ast.BoolOp):
             if isinstance(node.op, ast.And) and value or isinstance(node.op, ast.Or) and not value:
                 pending += [(operand, value) for operand in node.values]
-            # the other cases say only that some operand holds: nothing to record
+            else:
+                # `a and b` false, `a or b` true: some operand has this truth value, which one is open
+                alternatives = tuple(fact for operand in node.values for fact in _single_fact(operand, value))
+                if len(alternatives) == len(node.values):
+                    found.add(Fact(_normalised(node), value, alternatives))
         elif isinstance(node, ast.Compare) and len(node.ops) == 1 and _is_none_or_bool(node.comparators[0]):
             op, constant = node.ops[0], node.comparators[0].value  # type: ignore[attr-defined]
             positive = isinstance(op, (ast.Is, ast.Eq))
@@ -98,6 +106,12 @@ def facts_when(test: ast.AST, truth: bool) -> frozenset[Fact]:
     return frozenset(found)
 
 
+def _single_fact(node: ast.AST, value: bool) -> list[Fact]:
+    """The one fact ``node`` evaluating to ``value`` tells, or nothing when it tells several or none."""
+    facts = facts_when(node, value)
+    return list(facts) if len(facts) == 1 and not next(iter(facts)).one_of else []
+
+
 def _is_none_or_bool(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, bool))
 
@@ -110,10 +124,16 @@ def _normalised(node: ast.AST) -> str:
 
 
 def consistent(a: frozenset[Fact], b: frozenset[Fact]) -> bool:
-    """Whether two sets of facts can hold in one pass (no condition both true and false)."""
-    if len(a) > len(b):
-        a, b = b, a
-    return not any(fact.negated in b for fact in a)
+    """Whether two sets of facts can hold in one pass: no condition both true and false, and no "some of
+    these" (the ``else`` of ``if use_amp and fp16:``) whose every part the other set denies."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if any(fact.negated in large for fact in small):
+        return False
+    return not (_denies_every_alternative(a, b) or _denies_every_alternative(b, a))
+
+
+def _denies_every_alternative(facts: frozenset[Fact], others: frozenset[Fact]) -> bool:
+    return any(fact.one_of and all(part.negated in others for part in fact.one_of) for fact in facts)
 
 
 def switch_polarity(key: str) -> bool | None:
@@ -212,7 +232,8 @@ class ControlFlow:
             for keyword in call.keywords:
                 if keyword.arg == "enabled" and not isinstance(keyword.value, ast.Constant):
                     for fact in facts_when(keyword.value, True):
-                        switches[fact.key] = fact.holds
+                        if not fact.one_of:  # enabled=(fp16 or bf16): each one alone does not switch it on
+                            switches[fact.key] = fact.holds
         return switches
 
     def switch_on_value(self, key: str) -> bool | None:
@@ -221,11 +242,11 @@ class ControlFlow:
 
     def on_float32_path(self, node: ast.AST) -> bool:
         """In the arm of a precision switch where low precision is off (``else:`` of ``if use_amp:``)."""
-        return any(self.switch_on_value(fact.key) == (not fact.holds) for fact in self.assumptions(node))
+        return any(not fact.one_of and self.switch_on_value(fact.key) == (not fact.holds) for fact in self.assumptions(node))
 
     def on_low_precision_path(self, node: ast.AST) -> bool:
         """In the arm of a precision switch where low precision is on (``if args.fp16:``)."""
-        return any(self.switch_on_value(fact.key) == fact.holds for fact in self.assumptions(node))
+        return any(not fact.one_of and self.switch_on_value(fact.key) == fact.holds for fact in self.assumptions(node))
 
     def under_precision_setting(self, node: ast.AST) -> bool:
         """Under any condition on a precision setting, either arm (``if args.fp16:``, ``if dtype ==

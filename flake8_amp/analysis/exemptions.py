@@ -2,9 +2,9 @@
 
 * **Tests** exercise hazards on purpose: test functions (``test*``, ``_test*``), test classes (``Test*``,
   ``*Tests``, ``*Tester*``, ``unittest.TestCase`` subclasses), pytest fixtures, test modules
-  (``test_*.py``, ``*_test.py``, ``conftest.py``) and every module under a ``tests/`` or ``test/``
-  folder of the project (the helpers tests share). Rules about the API itself (a deprecated spelling, a decorator that raises at
-  import) still apply there.
+  (``test_*.py``, ``*_test.py``, ``test.py``, ``tests.py``, ``conftest.py``) and every module under a
+  ``tests/`` or ``test/`` folder of the project (the helpers tests share). Rules about the API itself (a
+  deprecated spelling, a decorator that raises at import) still apply there.
 * **Version fallbacks** keep old torch releases working: the arm of a version check taken on an old
   torch, or an ``except ImportError`` after trying ``torch.amp`` (see :mod:`.control_flow`).
 * **Evaluation-only code** does not train: under ``torch.no_grad()`` / ``inference_mode()`` (a block or
@@ -38,7 +38,7 @@ EVALUATION = "evaluation-only code"
 FLOAT32_PATH = "the float32 arm of a precision switch"
 PRECISION_SETTING = "a precision the code configures on purpose"
 
-_TEST_MODULE = re.compile(r"^(test_.*|.*_test|conftest)\.py$")
+_TEST_MODULE = re.compile(r"^(test_.*|.*_test|tests?|conftest)\.py$")
 _TEST_FOLDERS = frozenset({"tests", "test"})
 # test_step, _test_training (a helper a test mixin's tests call); TestAttention, AttentionTests,
 # QuantizationTesterMixin

@@ -35,6 +35,8 @@ class LowPrecisionOrigin:
     dtype: str | None  # "float16", "bfloat16", or None when the autocast dtype is not literal
     node: ast.AST  # the autocast region's owner (a With or a function) or the cast call
     line: int
+    #: made where gradients are off (under ``torch.no_grad()``): nothing can be trained through it
+    without_grad: bool = False
 
     @property
     def dtype_label(self) -> str:
@@ -141,7 +143,8 @@ class LowPrecisionFlow:
         region = self._enabled_region(node)
         if region is None:
             return None
-        return LowPrecisionOrigin("autocast", region.effective_dtype, region.node, node.lineno)
+        without_grad = self.analysis.context(node).grad_disabled
+        return LowPrecisionOrigin("autocast", region.effective_dtype, region.node, node.lineno, without_grad)
 
     def _runs_in_float32(self, call: ast.Call, cpu: bool) -> bool:
         """Whether autocast runs this call in float32 (or it returns no float tensor at all)."""

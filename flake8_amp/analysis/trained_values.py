@@ -2,8 +2,9 @@
 
 A cast's value is *trained* when it reaches training: the model's ``.parameters()`` go to an optimizer,
 or the model or tensor (with gradients on) feeds a loss that ``backward()`` differentiates (in an
-autocast region or not), or it is handed to a function that trains, or returned by a builder whose
-caller trains it. A frozen model (``requires_grad_(False)``, ``eval()``) is used, not trained. Reads that
+autocast region or not) in a module that updates parameters (a backward alone, as in a gradient check,
+trains nothing), or it is handed to a function that trains, or returned by a builder whose caller trains
+it. A frozen model (``requires_grad_(False)``, ``eval()``) is used, not trained. Reads that
 cannot train it are not uses: ``.float()``, ``.state_dict()``, ``.detach()``, ``.shape``, a
 ``torch.save`` or ``print`` of it, a comparison.
 """
@@ -251,8 +252,8 @@ class TrainedValues:
         context = analysis.context(read)
         if context.grad_disabled:
             return None
-        if not self.training.feeds_a_backward(read):
-            return self._handed_to_a_trainer(read)
+        if not (self.training.updates_parameters and self.training.feeds_a_backward(read)):
+            return self._handed_to_a_trainer(read)  # a backward with no update anywhere trains nothing
         if context.in_enabled_autocast:
             return TrainingUse(read, "autocast")
         return TrainingUse(read, "training")

@@ -108,6 +108,18 @@ class TrainingCalls:
                 return True
         return any(self.is_optimizer_construction(call) for call in analysis.calls)
 
+    @cached_property
+    def updates_parameters(self) -> bool:
+        """Something in the module updates parameters: an optimizer (built here, or stepped directly or
+        through a scaler), a wrapper whose ``backward(loss)`` steps, or a loss scaled for one
+        (``scaler.scale(loss).backward()``). A module whose only training call is a plain ``backward()``
+        computes gradients (a gradient check, a saliency map) and trains nothing."""
+        updates = (DIRECT_STEP, SCALER_STEP, WRAPPER_BACKWARD, SCALED_BACKWARD)
+        for scope in self.scopes_with_events:
+            if any(event.kind in updates for event in self.events(scope)):
+                return True
+        return any(self.is_optimizer_construction(call) for call in self.analysis.calls)
+
     def is_optimizer_construction(self, call: ast.Call) -> bool:
         qualified = self.analysis.resolve(call.func)
         return bool(qualified) and qualified.startswith("torch.optim.") and ".lr_scheduler." not in qualified  # type: ignore[union-attr]
@@ -301,11 +313,13 @@ class TrainingCalls:
             kind = {"step": SCALER_STEP, "update": UPDATE, "unscale_": UNSCALE}[name]  # type: ignore[index]
             return TrainingEvent(kind, call, scaler=scaler, optimizer=optimizer)
         func = call.func
-        if name in ("step", "zero_grad") and isinstance(func, ast.Attribute) and self.is_optimizer(func.value):
-            if name == "step" and call.args:
+        if name == "zero_grad" and isinstance(func, ast.Attribute):
+            # an optimizer's or a model's (nn.Module.zero_grad): either way the gradients are gone
+            return TrainingEvent(ZERO_GRAD, call, optimizer=receiver_text(call))
+        if name == "step" and isinstance(func, ast.Attribute) and self.is_optimizer(func.value):
+            if call.args:
                 return None  # scheduler.step(epoch), a closure-taking optimizer: not a plain step
-            kind = DIRECT_STEP if name == "step" else ZERO_GRAD
-            return TrainingEvent(kind, call, optimizer=receiver_text(call))
+            return TrainingEvent(DIRECT_STEP, call, optimizer=receiver_text(call))
         if self.analysis.resolve(func) in CLIPPERS:
             return TrainingEvent(CLIP, call)
         return None

@@ -32,6 +32,8 @@ class LossOutsideAutocast(Rule):
             if found is None or not is_loss_call(call, analysis):
                 continue
             arg, origin = found
+            if origin.without_grad:
+                continue  # made under no_grad: a loss on it is a metric, nothing backpropagates through it
             yield self.finding(
                 call,
                 f"loss computed outside autocast on '{excerpt(arg)}', a {origin.dtype_label} value from "

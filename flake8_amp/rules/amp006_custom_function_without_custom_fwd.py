@@ -42,6 +42,8 @@ class CustomFunctionWithoutCustomFwd(Rule):
             decorated = {name: _decorated(method, name, analysis) for name, method in methods.items()}
             if len(methods) == 2 and any(decorated.values()):
                 reason = "its {other} is decorated"  # half of the pair: the author meant it to be autocast-aware
+            elif _applied_only_with_autocast_off(cls, analysis):
+                continue  # every apply runs in autocast(enabled=False), the inputs cast by hand (apex)
             elif _uses_autocast_float16_ops(cls) and _has_working_backward(cls) and _autocast_in_play(analysis, summaries):
                 reason = None
             elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
@@ -56,6 +58,8 @@ class CustomFunctionWithoutCustomFwd(Rule):
                 decorators, spelled = _REQUIRED[name]
                 other = "backward" if name == "forward" else "forward"
                 why = f": {reason.format(other=other)}" if reason else ""
+                if name == "backward" and _is_decorated_with(method, CUSTOM_FWD, analysis):
+                    why = ": it has custom_fwd, the forward's decorator, instead"
                 yield self.finding(
                     method,
                     f"autograd.Function {cls.name}.{name} lacks {spelled.partition('(')[0]}{why}",
@@ -65,7 +69,10 @@ class CustomFunctionWithoutCustomFwd(Rule):
 
 
 def _decorated(method: ast.FunctionDef, name: str, analysis: ModuleAnalysis) -> bool:
-    accepted = _REQUIRED[name][0]
+    return _is_decorated_with(method, _REQUIRED[name][0], analysis)
+
+
+def _is_decorated_with(method: ast.FunctionDef, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
     return any(_is_amp_decorator(decorator, accepted, analysis) for decorator in method.decorator_list)
 
 
@@ -129,6 +136,28 @@ def _autocast_in_play(analysis: ModuleAnalysis, summaries: Summaries) -> bool:
 def _used_under_autocast(cls: ast.ClassDef, summaries: Summaries) -> bool:
     forward = summaries.method(cls, "forward")
     return forward is not None and summaries.inherited_region(forward) is not None
+
+
+def _applied_only_with_autocast_off(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
+    """Every use of ``Cls.apply`` in the module is a call inside ``autocast(enabled=False)``: the
+    Function never runs under autocast, whatever its caller does (apex casts the inputs to the autocast
+    dtype itself, then turns autocast off around ``apply``). False when it is applied nowhere here, or
+    ``apply`` is stored for later (``fn = Cls.apply``)."""
+    uses = [
+        node
+        for node in analysis.nodes(ast.Attribute)
+        if node.attr == "apply" and isinstance(node.value, ast.Name) and node.value.id == cls.name
+    ]
+    if not uses:
+        return False
+    for use in uses:
+        call = analysis.parents.get(use)
+        if not (isinstance(call, ast.Call) and call.func is use):
+            return False
+        region = analysis.context(call).innermost_region
+        if region is None or region.enabled is not False:
+            return False
+    return True
 
 
 def _has_working_backward(cls: ast.ClassDef) -> bool:

@@ -7,8 +7,21 @@ from typing import Iterator
 
 from ..analysis.control_flow import ControlFlow, Fact
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import DIRECT_STEP, SCALER_STEP, UNSCALE, UPDATE, TrainingCalls, TrainingEvent
+from ..analysis.training_calls import (
+    DIRECT_STEP,
+    PLAIN_BACKWARD,
+    SCALED_BACKWARD,
+    SCALER_STEP,
+    UNSCALE,
+    UPDATE,
+    WRAPPER_BACKWARD,
+    TrainingCalls,
+    TrainingEvent,
+)
 from .base import Finding, Rule, Severity
+
+
+_BACKWARDS = (SCALED_BACKWARD, PLAIN_BACKWARD, WRAPPER_BACKWARD)
 
 
 class ScalerUpdateOutOfStep(Rule):
@@ -27,29 +40,36 @@ class ScalerUpdateOutOfStep(Rule):
         flow = analysis.derived(ControlFlow)
         for scope in training.scopes_with_events:
             by_scaler: dict[str, list[TrainingEvent]] = defaultdict(list)
-            direct_steps = []
+            direct_steps, backwards = [], []
             for event in training.events(scope):
                 if event.kind in (SCALER_STEP, UPDATE, UNSCALE):
                     by_scaler[event.scaler].append(event)  # type: ignore[index]
                 elif event.kind == DIRECT_STEP:
                     direct_steps.append(event)
+                elif event.kind in _BACKWARDS:
+                    backwards.append(event)
             for scaler, events in by_scaler.items():
                 steps = [e for e in events if e.kind == SCALER_STEP]
                 if not steps:
                     continue
                 step_guards = _guards(steps, flow)
+                unscales = {e: self._unscale_pairing(e, steps + direct_steps, step_guards, flow) for e in events if e.kind == UNSCALE}
+                # update() needs an inf check recorded since the last update: a step(), or an unscale_()
+                # that is itself in step with the step of its optimizer (by the scaler or by hand)
+                checks = _guards(steps + [e for e, pairing in unscales.items() if _paired(e, pairing, flow)], flow)
                 for event in events:
                     if event.kind == UPDATE:
-                        paired = step_guards
+                        if len(checks) > 1 and not any(flow.may_share_a_pass(b.call, event.call) for b in backwards):
+                            # Several checks under different conditions (`if not freeze_a: step(a)`, `if not
+                            # freeze_b: unscale_(b)`) and no backward in view: whether a pass that runs none
+                            # of them trains at all is not visible here.
+                            continue
+                        paired = checks
                     elif event.kind == UNSCALE:
-                        # unscale_(opt) pairs with a step of that optimizer: scaler.step(opt), or opt.step()
-                        # when the caller steps it by hand on purpose.
-                        own = [s for s in steps + direct_steps if event.optimizer is None or s.optimizer == event.optimizer]
-                        paired = _guards(own, flow) if own else step_guards
+                        paired = unscales[event]
                     else:
                         continue
-                    facts = flow.assumptions(event.call)
-                    if not any(guards <= facts for guards in paired):
+                    if not _paired(event, paired, flow):
                         method = "update" if event.kind == UPDATE else "unscale_"
                         yield self.finding(
                             event.call,
@@ -57,6 +77,15 @@ class ScalerUpdateOutOfStep(Rule):
                             fix=f"move {scaler}.{method}() under the same condition as {scaler}.step()",
                         )
                 yield from self._repeated_updates([e for e in events if e.kind == UPDATE], scaler, flow)
+
+    @staticmethod
+    def _unscale_pairing(
+        unscale: TrainingEvent, steps: list[TrainingEvent], step_guards: list[frozenset[Fact]], flow: ControlFlow
+    ) -> list[frozenset[Fact]]:
+        """unscale_(opt) pairs with a step of that optimizer: scaler.step(opt), or opt.step() when the
+        caller steps it by hand on purpose."""
+        own = [s for s in steps if unscale.optimizer is None or s.optimizer == unscale.optimizer]
+        return _guards(own, flow) if own else step_guards
 
     def _repeated_updates(self, updates: list[TrainingEvent], scaler: str, flow: ControlFlow) -> Iterator[Finding]:
         seen: list[TrainingEvent] = []
@@ -69,6 +98,12 @@ class ScalerUpdateOutOfStep(Rule):
                     fix="step every optimizer with scaler.step(), then call scaler.update() once",
                 )
             seen.append(update)
+
+
+def _paired(event: TrainingEvent, guards: list[frozenset[Fact]], flow: ControlFlow) -> bool:
+    """``event`` runs only where one of the ``guards`` holds."""
+    facts = flow.assumptions(event.call)
+    return any(own <= facts for own in guards)
 
 
 def _guards(steps: list[TrainingEvent], flow: ControlFlow) -> list[frozenset[Fact]]:

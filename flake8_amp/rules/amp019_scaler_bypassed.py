@@ -67,7 +67,7 @@ class ScalerBypassed(Rule):
 
 def _dry_run(backward: TrainingEvent, events: list[TrainingEvent], flow: ControlFlow) -> bool:
     """A warm-up backward whose gradients are zeroed before any step (``loss.backward();
-    optimizer.zero_grad()``): nothing is stepped on them."""
+    optimizer.zero_grad()``, or the model's ``model.zero_grad()``): nothing is stepped on them."""
     for event in events:
         if event.position <= backward.position or not flow.may_share_a_pass(event.call, backward.call):
             continue

@@ -30,7 +30,8 @@ def call(analysis: ModuleAnalysis, name: str) -> ast.Call:
         ("scaler is None", True, {("scaler", False)}),
         ("args.fp16 == False", True, {("args.fp16", False)}),
         ("a and not b", True, {("a", True), ("b", False)}),
-        ("a and b", False, set()),  # one of them is false: nothing sure
+        ("a and b", False, {("a and b", False)}),  # one of them is false: which one is open
+        ("a or b", True, {("a or b", True)}),
         ("a or b", False, {("a", False), ("b", False)}),
         ("mode != 'fp16'", True, {("mode == 'fp16'", False)}),
         ("bool(self.amp)", True, {("self.amp", True)}),
@@ -58,6 +59,42 @@ def test_equal_conditions_in_different_places_are_one_path():
     assert flow.may_share_a_pass(call(analysis, "plain"), call(analysis, "direct"))
     assert not flow.may_share_a_pass(call(analysis, "scaled"), call(analysis, "direct"))
     assert not flow.may_share_a_pass(call(analysis, "plain"), call(analysis, "stepped"))
+
+
+def test_the_else_of_a_conjunction_excludes_every_path_where_both_parts_hold():
+    analysis, flow = flow_of(
+        """
+        def train(args, scaler, optimizer):
+            if args.fp16:
+                if args.amp == "pytorch":
+                    unscaled()
+            if args.fp16 and args.amp == "pytorch":
+                stepped()
+            else:
+                direct()
+            if args.fp16:
+                only_fp16()
+        """
+    )
+    assert not flow.may_share_a_pass(call(analysis, "unscaled"), call(analysis, "direct"))
+    assert not flow.may_share_a_pass(call(analysis, "stepped"), call(analysis, "direct"))
+    assert flow.may_share_a_pass(call(analysis, "only_fp16"), call(analysis, "direct"))  # fp16 with apex
+    assert flow.may_share_a_pass(call(analysis, "unscaled"), call(analysis, "stepped"))
+    # "some part is false" is no precision switch: the else arm is not known to be float32
+    assert not flow.on_float32_path(call(analysis, "direct"))
+
+
+def test_a_disjunction_that_holds_excludes_the_path_where_every_part_fails():
+    analysis, flow = flow_of(
+        """
+        if use_fp16 or use_bf16:
+            low()
+        if not use_fp16:
+            if not use_bf16:
+                full()
+        """
+    )
+    assert not flow.may_share_a_pass(call(analysis, "low"), call(analysis, "full"))
 
 
 def test_an_early_exit_makes_the_opposite_hold_for_the_rest_of_the_block():
