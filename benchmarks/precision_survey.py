@@ -47,7 +47,7 @@ def main() -> int:
     codes = set(args.select.split(",")) if args.select else None
     for root in args.dirs:
         lines, counts, files = survey(root, codes)
-        if not args.counts:
+        if not args.counts and lines:  # no blank line for a repository without findings: one line, one finding
             print("\n".join(lines))
         summary = ", ".join(f"{code}: {n}" for code, n in sorted(counts.items())) or "no findings"
         print(f"== {root.name}: {files} files, {summary}", file=sys.stderr if not args.counts else sys.stdout)

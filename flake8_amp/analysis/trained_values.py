@@ -57,6 +57,18 @@ _MODULE_METHODS = frozenset(
     {"parameters", "named_parameters", "modules", "named_modules", "children", "train", "eval", "state_dict",
      "load_state_dict", "requires_grad_", "zero_grad", "register_forward_hook", "register_buffer"}
 )
+# Wrappers that train the model they are given, parameters and all.
+_WRAPPERS = frozenset(
+    {
+        "torch.compile",
+        "torch.nn.DataParallel",
+        "torch.nn.parallel.DataParallel",
+        "torch.nn.parallel.DistributedDataParallel",
+        "torch.nn.parallel.distributed.DistributedDataParallel",
+        "torch.distributed.fsdp.FullyShardedDataParallel",
+        "torch.distributed.fsdp.fully_sharded_data_parallel.FullyShardedDataParallel",
+    }
+)
 # Frameworks whose entry points take the model and optimizer and run mixed precision themselves.
 _PRECISION_FRAMEWORKS = ("colossalai.", "deepspeed.", "apex.")
 _PRECISION_ENTRY_POINTS = frozenset({"initialize", "boost", "FP16_Optimizer", "FP16Optimizer"})
@@ -133,6 +145,7 @@ class TrainedValues:
         return False
 
     def _follow_cast(self, call: ast.Call, depth: int) -> TrainingUse | None:
+        """Where the value of ``call`` (a further cast, or a wrapper around the cast model) is trained."""
         if call not in self._followed:
             self._followed[call] = None  # a cycle reads as "not trained"
             self._followed[call] = self.use_of_cast(call, depth) if len(self._followed) < _MAX_FOLLOWED else None
@@ -246,6 +259,8 @@ class TrainedValues:
         call = analysis.parents.get(parent) if isinstance(parent, ast.Attribute) else None
         if isinstance(call, ast.Call) and call.func is parent and cast_dtype(call, analysis.resolve) in LOW_PRECISION_DTYPES:
             return self._follow_cast(call, depth)  # cast again: where that value goes
+        if isinstance(parent, ast.Call) and parent.args and parent.args[0] is read and analysis.resolve(parent.func) in _WRAPPERS:
+            return self._follow_cast(parent, depth)  # DDP(model), torch.compile(model): the same parameters
         optimizer = self._optimizer_over(read)
         if optimizer is not None:
             return optimizer
