@@ -101,6 +101,30 @@ class ProjectIndex:
         except Exception:  # noqa: BLE001
             return None
 
+    def derives_from(self, from_path: str, reference: str, is_wanted) -> bool:
+        """Whether the project's class ``reference`` (as ``from_path`` names it) has, among its bases and
+        theirs, across modules, one whose qualified name ``is_wanted`` (``torch.nn.Module``)."""
+        try:
+            found = self._lookup(Path(from_path).resolve(), reference, "classes")
+            pending = [(found[0], found[1])] if found else []
+            seen = 0
+            while pending and seen < _MAX_CHAIN * 4:
+                seen += 1
+                entry, path = pending.pop()
+                facts = self.module_facts(path)
+                for base in entry.get("bases", ()):
+                    if is_wanted(base):
+                        return True
+                    if base.startswith("@"):
+                        local = facts["classes"].get(base[1:]) if facts else None
+                        if local is not None:
+                            pending.append((local, path))
+                    elif (inherited := self._lookup(path, base, "classes")) is not None:
+                        pending.append((inherited[0], inherited[1]))
+            return False
+        except Exception:  # noqa: BLE001
+            return False
+
     def autocast_uses(self, path: str) -> dict[str, object]:
         """Qualified names (within ``path``) of the functions some call in an enabled autocast region
         reaches, anywhere in the project, with that region's settings (a ``RegionInfo``)."""

@@ -108,10 +108,10 @@ class Summaries:
             for statement in cls.body:
                 if isinstance(statement, FunctionNode) and statement.name == name:
                     return statement
-            cls = next((self._local_class(base) for base in cls.bases if self._local_class(base)), None)  # type: ignore[assignment]
+            cls = next((self.local_class(base) for base in cls.bases if self.local_class(base)), None)  # type: ignore[assignment]
         return None
 
-    def _local_class(self, node: ast.AST) -> ast.ClassDef | None:
+    def local_class(self, node: ast.AST) -> ast.ClassDef | None:
         if isinstance(node, ast.Name):
             found = self.definitions.get(node.id)
             return found if isinstance(found, ast.ClassDef) else None
@@ -132,7 +132,7 @@ class Summaries:
         """The reference of what ``call`` runs (see the module doc), or None when the source does not say."""
         func = call.func
         if isinstance(func, ast.Attribute) and func.attr == "apply":
-            cls = self._local_class(func.value)
+            cls = self.local_class(func.value)
             if cls is not None:
                 return f"{LOCAL}{cls.name}.forward"
             qualified = self.analysis.resolve(func.value)
@@ -180,7 +180,7 @@ class Summaries:
     def _constructed_class(self, constructions: list[ast.Call]) -> str | None:
         for construction in constructions:
             construction = _strip_module_methods(construction)
-            cls = self._local_class(construction.func)
+            cls = self.local_class(construction.func)
             if cls is not None:
                 return f"{LOCAL}{self.qualname_of[cls]}"
             qualified = self.analysis.resolve(construction.func)
@@ -201,7 +201,7 @@ class Summaries:
                     continue
                 if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
                     annotation = ast.Name(id=annotation.value, ctx=ast.Load())
-                cls = self._local_class(annotation)
+                cls = self.local_class(annotation)
                 if cls is not None:
                     return f"{LOCAL}{self.qualname_of[cls]}"
                 qualified = self.analysis.resolve(annotation)
@@ -499,7 +499,7 @@ class Summaries:
         }
 
     def _base_reference(self, base: ast.AST) -> str | None:
-        cls = self._local_class(base)
+        cls = self.local_class(base)
         if cls is not None:
             return LOCAL + self.qualname_of[cls]
         return self.analysis.resolve(base)

@@ -6,6 +6,7 @@ import ast
 import re
 from typing import Iterator
 
+from ..analysis.dtypes import literal_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import as_operand, excerpt
@@ -44,6 +45,13 @@ class LowPrecisionReduction(Rule):
         for call in analysis.calls_named(*_REDUCTIONS):
             found = reduction_call(call, analysis)
             if found is None:
+                accumulator = _float16_accumulator(call, analysis)
+                if accumulator is not None and not _only_reported(call, analysis):
+                    yield self.finding(
+                        accumulator,
+                        f"{call_name(call)}(dtype={excerpt(accumulator)}) accumulates in float16 whatever its input",
+                        fix="pass dtype=torch.float32 (cast the result afterwards if float16 is needed)",
+                    )
                 continue
             name, value = found
             context = analysis.context(call)
@@ -64,6 +72,19 @@ class LowPrecisionReduction(Rule):
             text = excerpt(value)
             fix = f"use {as_operand(value)}.float().{name}()" if name in _NO_DTYPE_PARAMETER else self.fix
             yield self.finding(call, f"{name}() of '{text}', {reason}, accumulates in low precision", fix=fix)
+
+
+def _float16_accumulator(call: ast.Call, analysis: ModuleAnalysis) -> ast.expr | None:
+    """The ``dtype=`` argument of a reduction told to accumulate in float16 (``x.norm(dtype=torch.float16)``,
+    ``torch.sum(x, dtype=torch.half)``), or None."""
+    func = call.func
+    if not isinstance(func, ast.Attribute) or func.attr not in _REDUCTIONS:
+        return None
+    qualified = analysis.resolve(func)
+    if qualified is not None and qualified != f"torch.{func.attr}":
+        return None  # numpy, math, another package
+    dtype = next((kw.value for kw in call.keywords if kw.arg == "dtype"), None)
+    return dtype if dtype is not None and literal_dtype(dtype, analysis.resolve) == "float16" else None
 
 
 # Where a value only gets reported: turned into a Python number, printed, formatted or logged.

@@ -18,6 +18,7 @@ from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
+from ..analysis.summaries import Summaries
 from ..analysis.training_calls import TrainingCalls
 from .base import Finding, Rule, Severity
 
@@ -183,11 +184,32 @@ def _reason(node: ast.AST, analysis: ModuleAnalysis) -> str:
 
 
 def _in_model_code(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """In a method of a class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule."""
+    """In a method of a class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule:
+    directly, through a class of this module, or through a class of the project (``class
+    XmodLayer(TransformerEncoderLayerBase)``, read through the project index)."""
     for _, parent in ancestors(node, analysis, cross_scopes=True):
         if isinstance(parent, ast.ClassDef):
-            return any(
-                (qualified := analysis.resolve(base) or "").startswith("torch.nn.") or qualified.endswith("LightningModule")
-                for base in parent.bases
-            )
+            return _is_model_class(parent, analysis, 0)
+    return False
+
+
+def _is_torch_module(qualified: str) -> bool:
+    return qualified.startswith("torch.nn.") or qualified.endswith("LightningModule")
+
+
+def _is_model_class(cls: ast.ClassDef, analysis: ModuleAnalysis, depth: int) -> bool:
+    summaries = analysis.derived(Summaries)
+    for base in cls.bases:
+        local = summaries.local_class(base)
+        if local is not None:
+            if depth < _MAX_DEPTH and _is_model_class(local, analysis, depth + 1):
+                return True
+            continue
+        qualified = analysis.resolve(base) or ""
+        if _is_torch_module(qualified):
+            return True
+        project = analysis.project
+        if qualified and not qualified.startswith("torch.") and project is not None and analysis.path:
+            if project.derives_from(analysis.path, qualified, _is_torch_module):
+                return True
     return False
