@@ -44,7 +44,12 @@ class CustomFunctionWithoutCustomFwd(Rule):
                 reason = "its {other} is decorated"  # half of the pair: the author meant it to be autocast-aware
             elif _applied_only_with_autocast_off(cls, analysis):
                 continue  # every apply runs in autocast(enabled=False), the inputs cast by hand (apex)
-            elif _uses_autocast_float16_ops(cls) and _has_working_backward(cls) and _autocast_in_play(analysis, summaries):
+            elif (
+                _uses_autocast_float16_ops(cls)
+                and _has_working_backward(cls)
+                and not _backward_follows_the_gradient_dtype(cls)
+                and _autocast_in_play(analysis, summaries)
+            ):
                 reason = None
             elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
                 reason = "it runs compiled kernels under autocast"
@@ -161,8 +166,67 @@ def _applied_only_with_autocast_off(cls: ast.ClassDef, analysis: ModuleAnalysis)
 
 
 def _has_working_backward(cls: ast.ClassDef) -> bool:
+    """A backward that computes gradients: not one that only raises, nor one that returns only Nones
+    (``return (None,) * 5``: the Function is inference-only)."""
     for method in cls.body:
         if isinstance(method, ast.FunctionDef) and method.name == "backward":
             body = [stmt for stmt in method.body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))]
-            return not (len(body) == 1 and isinstance(body[0], ast.Raise))
+            if len(body) == 1 and isinstance(body[0], ast.Raise):
+                return False
+            return not (len(body) == 1 and isinstance(body[0], ast.Return) and _only_nones(body[0].value))
     return False
+
+
+def _only_nones(value: ast.AST | None) -> bool:
+    if value is None or isinstance(value, ast.Constant) and value.value is None:
+        return True
+    if isinstance(value, ast.Tuple):
+        return all(_only_nones(element) for element in value.elts)
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Mult):  # (None,) * 5
+        sides = (value.left, value.right)
+        return any(isinstance(side, ast.Tuple) and _only_nones(side) for side in sides) and any(
+            isinstance(side, ast.Constant) and isinstance(side.value, int) for side in sides
+        )
+    return False
+
+
+def _backward_follows_the_gradient_dtype(cls: ast.ClassDef) -> bool:
+    """The backward casts what it computes with to the incoming gradient's dtype (``w.to(grad.dtype)``,
+    ``x.type_as(grad)``): it was written for whatever precision the forward ran in, so autocast's choice
+    cannot make its operands clash."""
+    backward = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "backward"), None)
+    if backward is None or len(backward.args.args) < 2:
+        return False
+    gradients = {arg.arg for arg in backward.args.args[1:]}
+    for node in ast.walk(backward):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        arguments = [*node.args, *(keyword.value for keyword in node.keywords)]
+        if node.func.attr == "type_as" and any(_names(arg, gradients) for arg in arguments):
+            return True
+        if node.func.attr == "to" and any(
+            isinstance(arg, ast.Attribute) and arg.attr == "dtype" and _names(arg.value, gradients) for arg in arguments
+        ):
+            return True
+    # compute_dtype = grad_output.dtype; w.to(compute_dtype)
+    aliases = {
+        target.id
+        for node in ast.walk(backward)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "dtype"
+        and _names(node.value.value, gradients)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return bool(aliases) and any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "to"
+        and any(_names(arg, aliases) for arg in [*node.args, *(k.value for k in node.keywords)])
+        for node in ast.walk(backward)
+    )
+
+
+def _names(node: ast.AST, names: set[str]) -> bool:
+    return isinstance(node, ast.Name) and node.id in names
