@@ -446,11 +446,11 @@ def _inside_body(child: ast.AST, scope: ast.AST) -> bool:
 
 def _bound_by_comprehension(node: ast.AST, key: str, analysis: ModuleAnalysis) -> bool:
     """``[x.half() for x in xs]``: ``x`` belongs to the comprehension, not to the function."""
-    child, parent = node, analysis.parents.get(node)
+    parent = analysis.parents.get(node)
     while parent is not None and not isinstance(parent, (ast.stmt, *FunctionScope)):
         if isinstance(parent, _COMPREHENSIONS):
             for generator in parent.generators:
                 if any(isinstance(t, ast.Name) and t.id == key for t in ast.walk(generator.target)):
                     return True
-        child, parent = parent, analysis.parents.get(parent)
+        parent = analysis.parents.get(parent)
     return False

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .control_flow import ControlFlow, ancestors
 from .module_analysis import ModuleAnalysis
-from .project_index import find_root
+from .project_index import find_root, is_test_module
 
 if TYPE_CHECKING:
     from ..rules.base import Rule
@@ -38,8 +37,6 @@ EVALUATION = "evaluation-only code"
 FLOAT32_PATH = "the float32 arm of a precision switch"
 PRECISION_SETTING = "a precision the code configures on purpose"
 
-_TEST_MODULE = re.compile(r"^(test_.*|.*_test|tests?|conftest)\.py$")
-_TEST_FOLDERS = frozenset({"tests", "test"})
 # test_step, _test_training (a helper a test mixin's tests call); TestAttention, AttentionTests,
 # QuantizationTesterMixin
 _TEST_FUNCTION = re.compile(r"^_*test")
@@ -102,21 +99,10 @@ class ExemptionPolicy:
 
 
 def _is_test_module(analysis: ModuleAnalysis) -> bool:
-    """A test module by its name, or by a ``tests``/``test`` folder between the project's root and it
-    (outside a project only the name counts: a folder above the project says nothing about it)."""
     if not analysis.path:
         return False
-    path = Path(analysis.path)
-    if _TEST_MODULE.match(path.name):
-        return True
-    root = analysis.project.root if analysis.project is not None else find_root(path)
-    if root is None:
-        return False
-    try:
-        folders = path.resolve().relative_to(root).parts[:-1]
-    except (ValueError, OSError):
-        return False
-    return any(folder in _TEST_FOLDERS for folder in folders)
+    root = analysis.project.root if analysis.project is not None else find_root(analysis.path)
+    return is_test_module(analysis.path, root)
 
 
 def _is_fixture(decorator: ast.AST, analysis: ModuleAnalysis) -> bool:

@@ -8,14 +8,16 @@ the summaries (:mod:`.summaries`) of the project's other modules:
 
 * what a function or class of another module does (``function_facts``, ``class_facts``);
 * which functions of this file are called inside an autocast region somewhere in the project
-  (``autocast_uses``): every call inside an enabled region, in any module, followed through the calls
-  of the functions it reaches, across modules;
+  (``autocast_uses``): every call inside an enabled region, in any module but a test module (tests
+  exercise code under autocast on purpose), followed through the calls of the functions it reaches,
+  across modules;
 * which names a star import brings in (``star_bindings``).
 
 The project is the nearest folder above the file holding ``pyproject.toml``, ``setup.cfg``, ``setup.py``
 or ``.git``; a file outside any project is linted alone. The index is built lazily, once per process
 (``flake8 -j`` workers each keep their own), reading only the modules a question needs, plus, for
-``autocast_uses``, every module whose text says "autocast". Each module's summary is cached on disk in
+``autocast_uses``, every module whose text can open an autocast region (a ``with`` or decorator naming
+autocast, a call of it, an import of it). Each module's summary is cached on disk in
 ``<project>/.flake8_amp_cache/`` (self-ignoring, like ``.ruff_cache``), keyed by the file's size and
 modification time, so a second run parses nothing that did not change. A file that cannot be read or
 parsed is skipped, and no failure here ever reaches the file being linted: a question the index cannot
@@ -29,6 +31,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +40,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 2
+_SCHEMA = 3
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -45,6 +48,26 @@ _MAX_FILES = 20_000
 _MAX_CLOSURE = 20_000
 _MAX_CHAIN = 4
 _FLAGS = ("trains", "scales_loss", "steps_scaler", "computes_loss", "returns_half")
+
+
+_TEST_MODULE = re.compile(r"^(test_.*|.*_test|tests?|conftest)\.py$")
+_TEST_FOLDERS = frozenset({"tests", "test"})
+
+
+def is_test_module(path: str | os.PathLike, root: Path | None) -> bool:
+    """A test module by its name (``test_*.py``, ``*_test.py``, ``test.py``, ``tests.py``,
+    ``conftest.py``), or by a ``tests``/``test`` folder between the project's ``root`` and it (outside
+    a project only the name counts: a folder above the project says nothing about it)."""
+    path = Path(path)
+    if _TEST_MODULE.match(path.name):
+        return True
+    if root is None:
+        return False
+    try:
+        folders = path.resolve().relative_to(root).parts[:-1]
+    except (ValueError, OSError):
+        return False
+    return any(folder in _TEST_FOLDERS for folder in folders)
 
 
 def find_root(path: str | os.PathLike) -> Path | None:
@@ -83,6 +106,7 @@ class ProjectIndex:
         self._files: list[Path] | None = None
         self._uses: dict[Path, dict[str, object]] | None = None
         self._any_autocast = False
+        self._mentions: dict[tuple[Path, str], bool] = {}
         self.cache = _DiskCache(root / CACHE_DIRECTORY) if cache else None
 
     # ---------------------------------------------------------------- the questions
@@ -175,6 +199,22 @@ class ProjectIndex:
         self._facts[path] = facts
         return facts
 
+    def _may_define(self, path: Path, qualname: str) -> bool:
+        """Whether the module's text names ``qualname``'s first part at all (a definition, an import that
+        re-exports it): summarising a large module to learn that ``torch.matmul`` is not defined in
+        Python there is the costliest thing a cold index does, and its bytes say so first."""
+        if path in self._facts:
+            return True
+        head = qualname.partition(".")[0]
+        key = (path, head)
+        found = self._mentions.get(key)
+        if found is None:
+            try:
+                found = self._mentions[key] = head.encode() in path.read_bytes()
+            except OSError:
+                found = self._mentions[key] = False
+        return found
+
     def _relative(self, path: Path) -> str:
         try:
             return path.relative_to(self.root).as_posix()
@@ -240,6 +280,8 @@ class ProjectIndex:
         if split is None:
             return None
         path, qualname = split
+        if not self._may_define(path, qualname):
+            return None
         facts = self.module_facts(path)
         if not facts:
             return None
@@ -333,12 +375,18 @@ class ProjectIndex:
                 mentions = known[2]
             else:
                 try:
-                    mentions = b"autocast" in path.read_bytes()
+                    mentions = _may_open_autocast(path.read_bytes())
                 except OSError:
                     continue
                 manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions]
                 changed = True
             if not mentions:
+                continue
+            if is_test_module(path, self.root):
+                # Tests open autocast to exercise code on purpose, as they exercise hazards: what they
+                # call is no evidence of what runs under autocast. That the project uses autocast at all,
+                # they do say, and their text is enough to say it.
+                self._any_autocast = True
                 continue
             facts = self.module_facts(path)
             self._any_autocast = self._any_autocast or bool((facts or {}).get("has_autocast"))
@@ -368,6 +416,8 @@ class ProjectIndex:
             if split is None:
                 return []
             path, qualname = split
+            if not self._may_define(path, qualname):
+                return []
         facts = self.module_facts(path)
         if not facts:
             return []
@@ -381,6 +431,23 @@ class ProjectIndex:
         if exported and not reference.startswith("@"):
             return self._targets(path, exported + ("." + rest if rest else "")) if exported != reference else []
         return []
+
+
+# A module can open an autocast region only if its text shows one of these: a `with` or a decorator that
+# names autocast (also `with amp_autocast():`, a `partial` of it), a call of autocast itself (`ctx =
+# torch.autocast(...)`, a helper returning one, `partial(torch.autocast, ...)`), or an import of it under
+# another name. Mentions such as
+# `torch.is_autocast_enabled()` or a docstring do not; reading only these keeps a cold index cheap (in
+# torch's own source, 26 of the 68 modules that say "autocast").
+_MAY_OPEN_AUTOCAST = re.compile(
+    rb"^[ \t]*(?:async[ \t]+)?with\b[^\n]*autocast|^[ \t]*@[^\n]*autocast|(?<![\w])autocast[ \t]*[(,)]"
+    rb"|^[ \t]*(?:from|import)\b[^\n]*\bautocast\b",
+    re.M,
+)
+
+
+def _may_open_autocast(source: bytes) -> bool:
+    return b"autocast" in source and _MAY_OPEN_AUTOCAST.search(source) is not None
 
 
 def _summarise(path: Path) -> dict | None:

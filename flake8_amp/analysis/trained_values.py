@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 

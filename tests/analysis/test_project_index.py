@@ -3,7 +3,6 @@ file being linted."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +72,35 @@ def test_a_second_run_parses_nothing_that_did_not_change(project, monkeypatch):
     train.write_text(train.read_text().replace("dtype=torch.float16", "dtype=torch.bfloat16"))
     assert lint(project / "attention_utils.py") == []  # bfloat16 has float32's range
     assert summarised == ["train.py"]
+
+
+@pytest.mark.parametrize(
+    "source, may_open",
+    [
+        (b"with torch.autocast('cuda'):\n    y = model(x)\n", True),
+        (b"with (\n    torch.cuda.device(d),\n    torch.amp.autocast(d, enabled=e),\n):\n    pass\n", True),
+        (b"@torch.autocast('cuda')\ndef step(x): ...\n", True),
+        (b"from torch.cuda.amp import autocast as ac\nwith ac():\n    pass\n", True),
+        (b"ctx = partial(torch.autocast, device_type='cuda')\n", True),
+        (b"with amp_autocast():\n    pass\n", True),
+        (b"if torch.is_autocast_enabled():\n    dtype = torch.get_autocast_dtype('cuda')\n", False),
+        (b'"""Runs the model; autocast is the caller\'s business."""\n', False),
+    ],
+)
+def test_only_modules_whose_text_can_open_a_region_are_read_for_autocast_uses(source, may_open):
+    assert project_index._may_open_autocast(source) is may_open
+
+
+def test_a_module_that_does_not_name_a_reference_is_not_summarised_for_it(project, monkeypatch):
+    (project / "big.py").write_text("import torch\n\n\ndef unrelated():\n    return torch.ones(1)\n")
+    summarised = []
+    original = project_index._summarise
+    monkeypatch.setattr(project_index, "_summarise", lambda path: summarised.append(path.name) or original(path))
+    index = ProjectIndex.for_file(project / "train.py")
+    assert index.function_facts(str(project / "train.py"), "big.matmul") is None
+    assert "big.py" not in summarised
+    assert index.function_facts(str(project / "train.py"), "big.unrelated") is not None
+    assert "big.py" in summarised
 
 
 def test_files_that_cannot_be_read_or_parsed_are_skipped(project, monkeypatch):
