@@ -3,6 +3,7 @@
 ``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
 ``flake8-amp rules [--json]``   the rule table
 ``flake8-amp formats [--json]`` float-format limits; ``flake8-amp bits 12345.67 --format fp16``
+``flake8-amp verify train.py --steps 20 -- --lr 3e-4``   run a script and verify its findings
 """
 
 from __future__ import annotations
@@ -75,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" belongs to the script that `verify` runs, flags included.
+    script_args: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, script_args = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    if script_args:
+        if not hasattr(args, "script_args"):
+            parser.error(f"unrecognized arguments: -- {' '.join(script_args)}")
+        args.script_args = script_args
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

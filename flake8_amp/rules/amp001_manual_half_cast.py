@@ -10,6 +10,7 @@ from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import excerpt
 from ..analysis.torch_api import LOW_PRECISION_DTYPES
 from ..analysis.trained_values import TrainedValues
+from ..runtime.evidence import LineEvidence, Probe, RunEvidence, Verdict, judge_casts
 from .base import Finding, Rule, Severity
 
 
@@ -22,6 +23,12 @@ class ManualHalfCast(Rule):
     fix = "remove the cast and run the forward pass under torch.autocast(...)"
     training_only = True
     deliberate_when_configured = True
+
+    probes = frozenset({Probe.CAST})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # values the cast overflowed or flushed to zero (threshold: FLUSH_THRESHOLD of the non-zero ones)
+        return judge_casts(evidence)
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         trained = None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
+from dataclasses import replace
 from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.module_analysis import ModuleAnalysis, binding_key
 from ..analysis.summaries import Summaries
+from ..runtime.evidence import LineEvidence, Outcome, Probe, RunEvidence, Verdict, crashed_here, fmt
 from .base import Finding, Rule, Severity
 
 _UNSAFE = {
@@ -33,6 +36,37 @@ class BinaryCrossEntropy(Rule):
     summary = "binary_cross_entropy / BCELoss where it runs under autocast, which raises on CUDA"
     why = "torch refuses to autocast binary_cross_entropy: the forward raises a RuntimeError under CUDA autocast"
     fix = "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on logits"
+
+    probes = frozenset({Probe.SATURATION})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # The error CUDA autocast raises; on CPU (which runs it in float32) float16 probabilities that
+        # saturated to exactly 0 or 1, where the log is clamped at -100. A later crash (the NaN that a
+        # saturated probability's gradient spreads) is reported after the saturation that caused it.
+        refused = [e for e in evidence.errors if "unsafe to autocast" in e.message]
+        if refused:
+            return crashed_here(replace(evidence, errors=refused))  # type: ignore[return-value]
+        bce = evidence.ops.get("binary_cross_entropy")
+        if bce is None or not bce.calls:
+            return crashed_here(evidence) or Verdict(
+                Outcome.NOT_REACHED, f"created ({evidence.executions} runs) but binary_cross_entropy never ran")
+        where = f"{bce.calls} calls, {bce.under_autocast} under autocast"
+        if bce.saturated:
+            crash = crashed_here(evidence)
+            then = f"; then {crash.evidence}" if crash is not None else ""
+            return Verdict(Outcome.CONFIRMED, f"{where}: {bce.saturated} of {bce.probabilities} float16/bfloat16 "
+                                              f"probabilities were exactly 0 or 1 (log clamped to -100){then}")
+        verdict = crashed_here(evidence)
+        if verdict is not None:
+            return verdict
+        low = sorted(bce.input_dtypes & {"float16", "bfloat16"})
+        if low:
+            closest = bce.saturation_margin
+            margin = f", the closest {fmt(closest)} from 0 or 1" if math.isfinite(closest) else ""
+            inputs = f"{'/'.join(low)} probabilities, none saturated{margin}"
+        else:
+            inputs = "float32 probabilities"
+        return Verdict(Outcome.NOT_OBSERVED, f"{where} ({inputs}); CUDA autocast raises on this call")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         aliases = analysis.imports.local_names_for(set(_UNSAFE))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from ..analysis.dtypes import FP16_MAX
 from ..analysis.losses import is_loss_call
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import as_operand, excerpt
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
 
 
@@ -19,6 +21,20 @@ class LossOutsideAutocast(Rule):
     why = "outside autocast the loss runs in the inputs' float16/bfloat16 instead of the float32 autocast would pick"
     fix = "compute the loss inside the autocast block, or .float() its inputs"
     training_only = True
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        verdict = judge_numeric(evidence)
+        if verdict.outcome is Outcome.CONFIRMED:
+            return verdict
+        # A float16 loss's own gradient is the loss scale: above 65504 it is inf, every step, until the
+        # GradScaler has backed off below float16's range.
+        float16_loss = any("float16" in r.output_dtypes for r in evidence.ops.values())
+        if float16_loss and run.scales and max(run.scales) > FP16_MAX:
+            return Verdict(Outcome.CONFIRMED, f"the loss was float16 and the GradScaler's scale reached "
+                                              f"{fmt(max(run.scales))}: its gradient overflows float16 (max 65504)")
+        return verdict
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         if not analysis.uses_autocast:

@@ -9,6 +9,7 @@ from ..analysis.dtypes import cast_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import excerpt
+from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
 
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax", "softmin"})
@@ -44,6 +45,10 @@ def softmax_call(call: ast.Call, analysis: ModuleAnalysis) -> tuple[str, ast.AST
     return None
 
 
+#: the ops verify compares with float32 at a flagged line
+SOFTMAX_OPS = frozenset({"softmax", "log_softmax", "softmin"})
+
+
 class LowPrecisionSoftmax(Rule):
     code = "AMP004"
     name = "low-precision-softmax"
@@ -51,6 +56,11 @@ class LowPrecisionSoftmax(Rule):
     summary = "softmax / log_softmax / softmin on a float16/bfloat16 input that autocast does not upcast"
     why = "softmax in float16/bfloat16 loses the small probabilities; log_softmax of them turns into -inf"
     fix = "pass dtype=torch.float32"
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        return judge_numeric(evidence, SOFTMAX_OPS)
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         flow = None

@@ -10,6 +10,7 @@ from ..analysis.dtypes import literal_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import as_operand, excerpt
+from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
 
 _REDUCTIONS = frozenset({"sum", "mean", "var", "std", "norm", "prod", "cumsum", "cumprod", "nansum", "nanmean"})
@@ -39,6 +40,13 @@ class LowPrecisionReduction(Rule):
     summary = "sum / mean / var / norm / cumsum ... of a float16/bfloat16 tensor outside autocast"
     why = "a float16 accumulator overflows past 65504 and drops small addends; bfloat16 keeps only 8 bits"
     fix = "pass dtype=torch.float32, or .float() the tensor first"
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # the reduction against float32 (not the other ops of the line): an overflowed or
+        # imprecise accumulator; a NaN/Inf made at the line (forward or backward) confirms it too
+        return judge_numeric(evidence, _REDUCTIONS)
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         flow = None

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import replace
 from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.summaries import Summaries
 from ..analysis.torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUSTOM_BWD, CUSTOM_FWD
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, crashed_here
 from .base import Finding, Rule, Severity
 
 _REQUIRED = {
     "forward": (CUSTOM_FWD, "@torch.amp.custom_fwd(device_type='cuda')"),
     "backward": (CUSTOM_BWD, "@torch.amp.custom_bwd(device_type='cuda')"),
 }
+# The errors of mixed dtypes: "expected m1 and m2 to have the same dtype, but got: c10::Half != float",
+# "expected scalar type Float but found Half", "Input type (c10::BFloat16) and bias type (float) should be the same".
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|c10::(Half|BFloat16)|\b(Half|BFloat16|float16|bfloat16)\b")
 # Compiled kernels: an extension module (`import fused_layer_norm_cuda`, `from . import _C`) or torch.ops.
 _EXTENSION_MODULE = re.compile(r"(^|[._])(_C|_ext|ext|cuda|cpp|kernels?|ops|_cuda|_kernels?)$|_cuda\.|_C\.|^torch\.ops\.")
 
@@ -27,6 +32,22 @@ class CustomFunctionWithoutCustomFwd(Rule):
     summary = "autograd.Function whose forward/backward lack custom_fwd/custom_bwd"
     why = "under autocast the forward sees mixed dtypes and backward runs with autocast state it did not expect"
     fix = "decorate forward with @torch.amp.custom_fwd(device_type=...) and backward with @torch.amp.custom_bwd(...)"
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # The finding stands for the whole method (a forward for its backward too): a dtype error raised
+        # there confirms it. Other errors are the script's own, not this hazard.
+        dtype_errors = [e for e in evidence.errors if _DTYPE_ERROR.search(e.message)]
+        if dtype_errors:
+            return crashed_here(replace(evidence, errors=dtype_errors))  # type: ignore[return-value]
+        calls = sum(r.calls for r in evidence.ops.values())
+        under = sum(r.under_autocast for r in evidence.ops.values())
+        low = sorted({d for r in evidence.ops.values() for d in r.low_precision_autocast_dtypes})
+        produced = f" (producing {'/'.join(low)})" if low else ""
+        inputs = sorted({d for r in evidence.ops.values() for d in r.input_dtypes})
+        seen = f"; inputs {'/'.join(inputs)}" if inputs else ""
+        other = f"; an unrelated {evidence.errors[0].type}" if evidence.errors else ""
+        return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: {calls} ops, {under} with autocast on"
+                                             f"{produced}{seen}{other}; no dtype error in forward or backward")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         summaries = None

@@ -20,6 +20,7 @@ from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
 from ..analysis.summaries import Summaries
 from ..analysis.training_calls import TrainingCalls
+from ..runtime.evidence import LineEvidence, Outcome, RunEvidence, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
 
 # Tensor methods whose result keeps the receiver's dtype -> position of the fill value.
@@ -45,6 +46,20 @@ class Fp16OverflowLiteral(Rule):
     why = "float16 turns it into inf (then NaN in softmax), or masked_fill raises 'value cannot be converted to type c10::Half without overflow'"
     fix = "use torch.finfo(x.dtype).min (or .max), which fits every dtype"
     quiet_in_bf16 = True
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # "value cannot be converted to type at::Half without overflow", or an inf produced here
+        verdict = judge_numeric(evidence)
+        records = [r for r in evidence.ops.values() if r.output_dtypes]
+        if verdict.outcome is not Outcome.NOT_OBSERVED or not records:
+            return verdict
+        # the margin: the largest value the line produced, in the dtypes it ran in, against float16's max
+        largest = max(records, key=lambda r: r.max_abs_output)
+        return Verdict(Outcome.NOT_OBSERVED, f"{verdict.evidence}; largest |value| {fmt(largest.max_abs_output)} "
+                                             f"({largest.op}, {', '.join(sorted(largest.output_dtypes))}), "
+                                             f"float16 holds up to 65504")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         precision = analysis.derived(module_precision)

@@ -17,6 +17,7 @@ from ..analysis.dtypes import FP16_MAX, cast_dtype
 from ..analysis.fp16_values import FP16, Fp16Values
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import excerpt
+from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
 
 # norm -> position of eps
@@ -47,6 +48,12 @@ class Fp16VanishingEpsilon(Rule):
     why = "float16 rounds it to zero: the division, sqrt or log it was meant to guard returns inf or NaN"
     fix = "use an epsilon float16 can hold (>= 6.1e-5, e.g. 1e-5), or compute the guarded op in float32"
     quiet_in_bf16 = True
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # the NaN/Inf the epsilon failed to prevent, or values float32 keeps and float16 flushes to 0
+        return judge_numeric(evidence)
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         values = None

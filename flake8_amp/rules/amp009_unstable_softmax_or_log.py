@@ -14,9 +14,12 @@ from typing import Iterator
 from ..analysis.bindings import Bindings
 from ..analysis.constants import provably_nonpositive
 from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..runtime.evidence import LineEvidence, Outcome, RunEvidence, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
 
 _MAX_NAMES = ("max", "amax", "logsumexp")
+#: where exp overflows: the largest finite value of each format
+_FORMAT_MAX = {"float16": 65504.0, "bfloat16": 3.39e38, "float32": 3.40e38, "float64": 1.80e308}
 # nn modules whose call is the op of the same name
 _MODULE_OPS = {"torch.nn.Softmax": "softmax", "torch.nn.Sigmoid": "sigmoid"}
 _FUNCTION_OPS = {
@@ -36,6 +39,21 @@ class UnstableSoftmaxOrLog(Rule):
     summary = "Hand-written softmax exp(x)/exp(x).sum() without the max subtracted; log(softmax(x)); log(sigmoid(x))"
     why = "exp overflows past 11.09 in float16 (88.7 in float32) and log of an underflowed probability is -inf"
     fix = "use torch.softmax / torch.log_softmax / F.logsigmoid, which are stable in every precision"
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # exp overflowing to inf (inf / inf is NaN), log of an underflowed 0 (-inf), or the low-precision
+        # ops losing precision against float32
+        verdict = judge_numeric(evidence)
+        exp = evidence.ops.get("exp")
+        if verdict.outcome is not Outcome.NOT_OBSERVED or exp is None or not exp.output_dtypes:
+            return verdict
+        # the margin: how close exp came to the largest value of the format it ran in
+        limits = ", ".join(f"{dtype} max {_FORMAT_MAX[dtype]:g}" for dtype in sorted(exp.output_dtypes)
+                           if dtype in _FORMAT_MAX)
+        return Verdict(Outcome.NOT_OBSERVED, f"{verdict.evidence}; largest exp(x) {fmt(exp.max_abs_output)}"
+                                             + (f" ({limits})" if limits else ""))
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         shifted_in_place = None

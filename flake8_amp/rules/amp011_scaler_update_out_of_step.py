@@ -18,6 +18,7 @@ from ..analysis.training_calls import (
     TrainingCalls,
     TrainingEvent,
 )
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, crashed_here
 from .base import Finding, Rule, Severity
 
 
@@ -32,6 +33,26 @@ class ScalerUpdateOutOfStep(Rule):
     why = "update() without a step() raises 'No inf checks were recorded'; several updates per iteration shrink the scale too fast"
     fix = "call unscale_/step/update together under the accumulation condition, and update() once after all step() calls"
     training_only = True
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # GradScaler.update() with no step() since the last update raises "No inf checks were recorded".
+        verdict = crashed_here(evidence)
+        if verdict is not None:
+            return verdict
+        updates = evidence.calls_of("update")
+        enabled = [call for call in updates if call.scale is not None]  # a disabled scaler's update() is a no-op
+        without = [call for call in enabled if call.detail is False]
+        if without:
+            return Verdict(Outcome.CONFIRMED, f"step {without[0].step}: update() ran with no scaler.step() before it "
+                                              f"({len(without)} of {len(updates)} updates)")
+        if updates and not enabled:
+            return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: {len(updates)} updates of a disabled "
+                                                 "GradScaler (no-ops)")
+        if updates:
+            return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: {len(updates)} updates, each after a "
+                                                 "scaler.step()")
+        unscales = evidence.calls_of("unscale_")
+        return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: {len(unscales)} unscale_() calls, none raised")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict
 from .base import Finding, Rule, Severity
 
 # Deprecated in torch 2.4 (FutureWarning), still so in 2.13: qualified name -> replacement.
@@ -44,6 +46,24 @@ class DeprecatedAmpApi(Rule):
     exempt_in_tests = False
     low_precision_hazard = False
 
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # the deprecation warning torch issues at the call; for an import (reported once, not at its uses)
+        # the warning its name drew wherever the script called it
+        if evidence.warnings:
+            return Verdict(Outcome.CONFIRMED, f"{evidence.steps_text()}: {evidence.warnings[0]}")
+        imported = _imported_here(evidence.path, evidence.line)
+        for path, line, text in run.deprecations:
+            if any(f"`{name}(" in text for name in imported):
+                where = f"{os.path.basename(path)}:{line}" if path else "a library"
+                return Verdict(Outcome.CONFIRMED, f"imported here ({evidence.steps_text()}), called at {where}: {text}")
+        if imported:
+            names = ", ".join(sorted(imported))
+            return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: imported, but {names} issued no "
+                                                 "deprecation warning in the run (never called)")
+        return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: no deprecation warning was issued here "
+                                             "(a reference that is not a call, such as isinstance, issues none; "
+                                             "nor does a torch before 2.4)")
+
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         # `from torch.cuda.amp import autocast` is reported at the import, once per name; its uses are
         # not reported again. Spelled-out references (`torch.cuda.amp.autocast(...)`) at each use.
@@ -65,3 +85,21 @@ class DeprecatedAmpApi(Rule):
         replacement = DEPRECATED_AMP_API[qualified]
         where = "imported" if imported else "used"
         return self.finding(node, f"deprecated {qualified} {where}", fix=f"use {replacement}")
+
+
+def _imported_here(path: str, line: int) -> set[str]:
+    """The deprecated names that ``from torch.cuda.amp import ...`` imports at that line of the file."""
+    try:
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                if getattr(alias, "lineno", node.lineno) == line:
+                    qualified = deprecated_name(f"{node.module}.{alias.name}")
+                    if qualified:
+                        names.add(qualified)
+    return names

@@ -6,6 +6,7 @@ import ast
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, crashed_here
 from .base import Finding, Rule, Severity
 
 _NEEDS_DEVICE_TYPE = {
@@ -26,6 +27,11 @@ class CustomFwdWithoutDeviceType(Rule):
     # The module fails at import, tests included.
     exempt_in_tests = False
     low_precision_hazard = False
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # the TypeError the decorator raises when the module is imported
+        return crashed_here(evidence) or Verdict(
+            Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: the decorator raised no error (this torch accepts it)")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         for function in analysis.nodes(ast.FunctionDef) + analysis.nodes(ast.AsyncFunctionDef):

@@ -10,7 +10,12 @@ from ..analysis.dtypes import cast_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
 from ..analysis.training_calls import TrainingCalls
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Probe, Verdict, pct
 from .base import Finding, Rule, Severity
+
+
+#: verify: the fraction of updates (elements with a non-zero gradient) that may round away unremarked
+VANISHED_THRESHOLD = 0.01
 
 
 class HalfModelOptimizer(Rule):
@@ -22,6 +27,22 @@ class HalfModelOptimizer(Rule):
     fix = "keep the model in float32 and use torch.autocast + GradScaler"
     training_only = True
     deliberate_when_configured = True
+
+    probes = frozenset({Probe.UPDATES})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # Updates smaller than half a float16 ulp of the weight round away: confirmed when at least 1% of
+        # the elements with a non-zero gradient did not move, or a step left a NaN/Inf in the weights.
+        updates = evidence.updates
+        if not updates.steps:
+            return Verdict(Outcome.NOT_REACHED, "the optimizer never stepped on float16/bfloat16 parameters")
+        text = (f"{updates.steps} steps: {pct(updates.vanished, updates.moved)} of the updates with a non-zero "
+                f"gradient vanished in rounding ({updates.vanished} of {updates.moved})")
+        if updates.nonfinite_after:
+            return Verdict(Outcome.CONFIRMED, f"{text}; {updates.nonfinite_after} weights became NaN/Inf")
+        if updates.moved and updates.vanished / updates.moved >= VANISHED_THRESHOLD:
+            return Verdict(Outcome.CONFIRMED, text)
+        return Verdict(Outcome.NOT_OBSERVED, f"{text} (threshold {VANISHED_THRESHOLD:.0%})")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)

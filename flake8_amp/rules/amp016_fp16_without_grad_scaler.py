@@ -9,7 +9,12 @@ from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.summaries import Summaries
 from ..analysis.training_calls import PLAIN_BACKWARD, SCALED_BACKWARD, WRAPPER_BACKWARD, TrainingCalls
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Probe, Verdict, fmt, nonfinite_here, pct
 from .base import Finding, Rule, Severity
+
+
+#: verify: the fraction of non-zero float16 gradients that may be subnormal unremarked
+SUBNORMAL_THRESHOLD = 0.01
 
 
 class Fp16WithoutGradScaler(Rule):
@@ -21,6 +26,25 @@ class Fp16WithoutGradScaler(Rule):
     fix = "scale the loss with torch.amp.GradScaler('cuda'), or autocast to torch.bfloat16"
     training_only = True
     quiet_in_bf16 = True
+
+    probes = frozenset({Probe.GRADIENT_RANGE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # Without a scaler, small float16 gradients go subnormal (losing bits) and then flush to zero:
+        # confirmed when at least 1% of the non-zero float16 gradients are subnormal, or one is NaN/Inf.
+        verdict = nonfinite_here(evidence)
+        if verdict is not None:
+            return verdict
+        grads = evidence.gradients
+        if not grads.values:
+            return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: no float16 gradient was computed here")
+        text = (f"{pct(grads.subnormal, grads.nonzero)} of {grads.nonzero} non-zero float16 gradients were below "
+                f"6.1e-05 (subnormal), smallest |g| {fmt(grads.min_abs_nonzero)}")
+        if grads.nonfinite:
+            return Verdict(Outcome.CONFIRMED, f"{grads.nonfinite} gradients were NaN/Inf; {text}")
+        if grads.nonzero and grads.subnormal / grads.nonzero >= SUBNORMAL_THRESHOLD:
+            return Verdict(Outcome.CONFIRMED, text)
+        return Verdict(Outcome.NOT_OBSERVED, f"{text} (threshold {SUBNORMAL_THRESHOLD:.0%})")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         if not analysis.uses_autocast:

@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.training_calls import TrainingCalls
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
 
 
@@ -17,6 +18,20 @@ class GradScalerWithBfloat16(Rule):
     summary = "GradScaler in a module whose every autocast region is bfloat16"
     why = "bfloat16 has float32's range: loss scaling does nothing but cost an unscale and an inf check per step"
     fix = "drop the GradScaler (or enable it only for float16: enabled=(dtype == torch.float16))"
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # A scaler with only bfloat16 to guard has nothing to do: confirmed when it scaled losses and
+        # autocast ran no float16 op in the whole run.
+        if not run.scaler_enabled:
+            return Verdict(Outcome.NOT_OBSERVED, "the GradScaler never scaled a loss in this run")
+        trajectory = f"scale {fmt(run.scales[0])} -> {fmt(run.scales[-1])}" if run.scales else "no update()"
+        skipped = f"{len(run.skipped_steps)} skipped steps"
+        if "float16" in run.autocast_dtypes:
+            return Verdict(Outcome.NOT_OBSERVED, f"autocast ran float16 ops in this run: the scaler has work "
+                                                 f"({skipped}, {trajectory})")
+        dtypes = ", ".join(sorted(run.autocast_dtypes)) or "no low-precision"
+        return Verdict(Outcome.CONFIRMED, f"{run.steps_run} steps: autocast ran {dtypes} ops only; the scaler "
+                                          f"scaled for nothing ({skipped}, {trajectory})")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         regions = analysis.regions

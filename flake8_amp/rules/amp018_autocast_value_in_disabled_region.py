@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
+from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
 
 # Reading these from a tensor is no computation on its values (or is the fix itself).
@@ -24,6 +25,12 @@ class AutocastValueInDisabledRegion(Rule):
     summary = "Inside autocast(enabled=False), a tensor from the enclosing region used without .float()"
     why = "autocast is off: the float16 value meets float32 operands ('expected m1 and m2 to have the same dtype') or runs in float16"
     fix = "cast it first: x.float() (or x.to(torch.float32))"
+
+    probes = frozenset({Probe.RECOMPUTE})
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # the dtype-mismatch error, or the float16 op losing precision against float32
+        return judge_numeric(evidence)
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         if not any(region.enabled is False for region in analysis.regions):

@@ -16,6 +16,7 @@ from ..analysis.training_calls import (
     TrainingCalls,
     TrainingEvent,
 )
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
 
 _RECIPE = (SCALED_BACKWARD, SCALER_STEP, UNSCALE)
@@ -29,6 +30,22 @@ class ScalerBypassed(Rule):
     why = "the scaler's unscaling and inf check are skipped: steps on scaled, possibly inf, gradients"
     fix = "use scaler.scale(loss).backward() and scaler.step(optimizer)"
     training_only = True
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        unscaled = [c for c in evidence.calls_of("backward") if c.scaled is False]
+        if unscaled and run.scaler_enabled:
+            return Verdict(Outcome.CONFIRMED, f"step {unscaled[0].step}: backward ran on a loss the GradScaler did not "
+                                              f"scale ({len(unscaled)} times)")
+        direct = [c for c in evidence.calls_of("optimizer_step") if c.scaled]
+        if direct:
+            skipped = f"; the GradScaler skipped {len(run.skipped_steps)} steps" if run.skipped_steps else ""
+            return Verdict(Outcome.CONFIRMED, f"step {direct[0].step}: the optimizer stepped on gradients still "
+                                              f"scaled by {fmt(direct[0].scale)}, with no inf check "
+                                              f"({len(direct)} times){skipped}")
+        if not run.scaler_enabled:
+            return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: the GradScaler was disabled in this run")
+        return Verdict(Outcome.NOT_OBSERVED, f"{evidence.steps_text()}: every backward and step here saw scaled "
+                                             "gradients handled by the scaler")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)

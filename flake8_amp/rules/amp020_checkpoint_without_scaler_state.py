@@ -10,6 +10,7 @@ from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import excerpt
 from ..analysis.summaries import Summaries
 from ..analysis.training_calls import TrainingCalls
+from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
 
 
@@ -20,6 +21,31 @@ class CheckpointWithoutScalerState(Rule):
     summary = "A checkpoint (torch.save, a state_dict()) with an optimizer's state but not the GradScaler's"
     why = "a resumed run restarts the loss scale at 65536 and skips steps until it has shrunk again"
     fix = "save scaler.state_dict() with the optimizer's and load it on resume"
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        # A resume from this checkpoint restarts the loss scale at its initial value: confirmed when a save
+        # without the scaler's state happened while the scale was elsewhere.
+        saves = evidence.calls_of("save")
+        if not saves:
+            # a state_dict() method or a dict built here and saved elsewhere: what reaches the file is not seen
+            return Verdict(Outcome.NOT_CHECKABLE, f"the line ran {evidence.executions} times but calls no torch.save "
+                                                  "itself: what is saved happens elsewhere")
+        missing = [c for c in saves if not c.detail]
+        if not missing:
+            return Verdict(Outcome.NOT_OBSERVED, f"{len(saves)} saves, each with a GradScaler's state")
+        if not run.scaler_enabled:
+            return Verdict(Outcome.NOT_OBSERVED, f"{len(saves)} saves; the GradScaler was disabled in this run")
+        initial = run.scales[0] if run.scales else None
+        moved = [c for c in missing if c.scale is not None and initial is not None and c.scale != initial]
+        if moved:
+            call = moved[0]
+            return Verdict(Outcome.CONFIRMED, f"step {call.step}: torch.save wrote a checkpoint without the "
+                                              f"GradScaler's state at loss scale {fmt(call.scale)}: a resume "
+                                              f"restarts at {fmt(initial)} ({len(moved)} of {len(saves)} saves)")
+        where = f"its initial {fmt(initial)}" if initial is not None else "its initial value (no update() yet)"
+        return Verdict(Outcome.NOT_OBSERVED, f"{len(missing)} saves without the GradScaler's state, but the loss scale "
+                                             f"was still at {where} at each: a resume restarts at the same scale "
+                                             "(only the growth tracker is lost)")
 
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         yield from self._saved_checkpoints(analysis)

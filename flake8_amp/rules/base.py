@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar, Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..runtime.evidence import LineEvidence, Probe, RunEvidence, Verdict
 
 
 class Severity(str, enum.Enum):
@@ -74,8 +75,19 @@ class Rule:
     #: a float16-range hazard: quiet in bfloat16 code (bfloat16 has float32's range)
     quiet_in_bf16: ClassVar[bool] = False
 
+    # The runtime verifier (``flake8-amp verify``): the runtime measures, the rule judges, torch-free.
+    #: measurements verify takes at the rule's lines, beyond op counts, dtypes, errors and NaN/Inf
+    probes: ClassVar[frozenset[Probe]] = frozenset()
+    #: why nothing about the hazard can be observed while the script runs; set instead of :meth:`verify`
+    not_checkable: ClassVar[str | None] = None
+
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         raise NotImplementedError
+
+    def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
+        """What happened at a flagged line that ran: confirmed (the hazard happened, past the threshold
+        the rule's doc states) or not_observed (with the margins measured)."""
+        raise NotImplementedError(f"{self.code} has no runtime verifier")
 
     def finding(self, node: ast.AST, what: str, fix: str | None = None) -> Finding:
         return Finding(

@@ -24,6 +24,9 @@ _EXPORTS = {
     # training monitor
     "watch_training": "monitor",
     "TrainingMonitor": "monitor",
+    # verify: lint, run, and say what happened at each flagged line
+    "verify": "verification",
+    "VerifyReport": "verification",
 }
 
 __all__ = sorted(_EXPORTS)
