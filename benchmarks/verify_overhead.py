@@ -1,6 +1,6 @@
 """What ``flake8-amp verify`` costs over running the script plainly, and whether its memory grows with steps.
 
-    python benchmarks/verify_overhead.py [--pairs 3] [--threads 1]
+    python benchmarks/verify_overhead.py [--pairs 3] [--threads 1] [--device cuda]
 
 Workloads: the bundled CPU example (``examples/sensor_tagger_buggy.py``, 200 float16 steps with a GradScaler)
 and a small transformer (2 encoder layers, width 128, sequence 64, float16 autocast, GradScaler,
@@ -14,7 +14,7 @@ out, which is what verify costs a long training loop (a script of tiny ops pays 
 work per op is fixed, the op's is small).
 
 Memory: verify runs the transformer for N and for 4N optimizer steps, each in a fresh process, and the
-peak resident memory of the two is printed: verify keeps no per-step history, so 4N steps should need
+peak resident (host) memory of the two is printed: verify keeps no per-step history, so 4N steps should need
 no more memory than N.
 """
 
@@ -43,15 +43,16 @@ TRANSFORMER = textwrap.dedent(
     torch.manual_seed(0)
     torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     vocab, dim, seq, batch = 512, 128, 64, 8
     layer = nn.TransformerEncoderLayer(dim, 4, 256, batch_first=True, dropout=0.0)
     encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-    model = nn.Sequential(nn.Embedding(vocab, dim), encoder, nn.Linear(dim, vocab))
+    model = nn.Sequential(nn.Embedding(vocab, dim), encoder, nn.Linear(dim, vocab)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu")
+    scaler = torch.amp.GradScaler(device)
     for step in range(steps):
-        tokens = torch.randint(0, vocab, (batch, seq))
-        with torch.autocast("cpu", dtype=torch.float16):
+        tokens = torch.randint(0, vocab, (batch, seq), device=device)
+        with torch.autocast(device, dtype=torch.float16):
             logits = model(tokens)
             loss = F.cross_entropy(logits.float().view(-1, vocab), tokens.view(-1))
         scaler.scale(loss).backward()
@@ -148,9 +149,9 @@ def measure(name: str, script: Path, script_args: list[str], pairs: int, env: di
     return statistics.median(ratios)
 
 
-def peak_memory(script: Path, steps: int, env: dict[str, str]) -> tuple[int, int]:
+def peak_memory(script: Path, script_args: list[str], env: dict[str, str]) -> tuple[int, int]:
     completed = subprocess.run(
-        [sys.executable, "-c", PEAK_MEMORY, str(script), str(steps)], cwd=script.parent, env=env,
+        [sys.executable, "-c", PEAK_MEMORY, str(script), *script_args], cwd=script.parent, env=env,
         capture_output=True, text=True, check=True,
     )
     ran, kib = completed.stdout.split()[-2:]
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="plain/verify pairs per workload (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the transformer (default 1)")
     parser.add_argument("--memory-steps", type=int, default=25, help="N for the memory check (default 25)")
+    parser.add_argument("--device", default="cpu", help="where the transformer trains: cpu or cuda (default cpu)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -170,11 +172,12 @@ def main() -> None:
         transformer.write_text(TRANSFORMER)
         print("wall time, whole processes side by side (verify's over the plain run's)")
         measure("examples/sensor_tagger_buggy.py", REPOSITORY / "examples" / "sensor_tagger_buggy.py", [], args.pairs, env)
-        measure("small transformer, 30 steps", transformer, ["30", str(args.threads)], args.pairs, env)
+        measure(f"small transformer on {args.device}, 30 steps", transformer, ["30", str(args.threads), args.device],
+                args.pairs, env)
 
         small, large = args.memory_steps, 4 * args.memory_steps
-        ran_small, kib_small = peak_memory(transformer, small, env)
-        ran_large, kib_large = peak_memory(transformer, large, env)
+        ran_small, kib_small = peak_memory(transformer, [str(small), str(args.threads), args.device], env)
+        ran_large, kib_large = peak_memory(transformer, [str(large), str(args.threads), args.device], env)
         growth = kib_large / kib_small
         print(
             f"peak memory under verify: {ran_small} steps {kib_small / 1024:.0f} MiB, {ran_large} steps "

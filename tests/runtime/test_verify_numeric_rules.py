@@ -360,9 +360,11 @@ AMP009_SCRIPT = ATTENTION_POOL_SCRIPT.format(softmax="torch.exp(scores) / torch.
     "args, outcome, evidence",
     [
         (["0.25", "softmax"], CONFIRMED, ["step 0: exp produced Inf in forward (3 times)"]),
-        (["4", "softmax"], NOT_OBSERVED, ["steps 0-2, 3 runs: div in float16 vs float32: relative error 4.0e-04",
+        # which of exp and div is furthest from float32 (both near 4e-4) depends on torch's CPU kernels
+        (["4", "softmax"], NOT_OBSERVED, ["steps 0-2, 3 runs: ", " in float16 vs float32: relative error ",
+                                          "e-04, 0% of non-zero results became 0",
                                           "(thresholds: 0.01 relative, 0.1% flushed)",
-                                          "largest exp(x) 6.49 (float16 max 65504)"]),
+                                          "largest exp(x) 6.", "(float16 max 65504)"]),
         (["4", "sigmoid"], NOT_REACHED, ["the line did not run"]),
     ],
     ids=["exp-overflow", "harmless", "not-reached"],

@@ -432,3 +432,36 @@ def test_a_failure_inside_the_recorder_never_reaches_the_script(tmp_path, monkey
     assert report.recorder_error == "step 0: RuntimeError: measuring failed"
     assert "verify stopped measuring at step 0: RuntimeError: measuring failed" in str(report)
     assert json.loads(report.to_json())["recorder_error"] == "step 0: RuntimeError: measuring failed"
+
+
+CUDA_SCRIPT = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)).cuda()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler("cuda")
+criterion = nn.BCELoss()
+for step in range(3):
+    x = torch.randn(8, 16, device="cuda")
+    y = torch.rand(8, 1, device="cuda").round()
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = criterion(torch.sigmoid(model(x)), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_cuda_machine_verify_runs_the_script_on_the_gpu(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = run_verify(tmp_path, CUDA_SCRIPT)
+    assert report.device.startswith("cuda") and report.emulated is False
+    finding = verdict_of(report, "AMP002")
+    assert (finding.line, finding.col, finding.verdict) == (9, 13, Outcome.CONFIRMED)
+    assert "unsafe to autocast" in finding.evidence and "(the script stopped here)" in finding.evidence
+    assert report.script_error.type == "RuntimeError" and report.script_error.line == 14

@@ -95,7 +95,7 @@ def verify(
 
     report = VerifyReport(
         script=str(path),
-        device=_device(),
+        device=_device(recorder.devices),
         emulated=False,
         steps_run=recorder.step,
         skipped_steps=list(recorder.run.skipped_steps),
@@ -161,10 +161,12 @@ def _script_error(exc: BaseException, frames: ProjectFrames, recorder: Recorder)
     return ScriptError(type(exc).__name__, message, path, line)
 
 
-def _device() -> str:
-    if torch.cuda.is_available():
+def _device(used: set[str]) -> str:
+    """Where the script's ops ran: the accelerator if any op ran on one (named), else the CPU."""
+    if "cuda" in used:
         return f"cuda ({torch.cuda.get_device_name()})"
-    return "cpu"
+    accelerators = sorted(used - {"cpu", "meta"})
+    return accelerators[0] if accelerators else "cpu"
 
 
 class _LineTracer:

@@ -109,6 +109,7 @@ class Recorder:
         self.max_steps = steps
         self.busy = False
         self.failure: str | None = None  # why the recorder stopped measuring, if it did
+        self.devices: set[str] = set()  # the device types the script's ops ran on
         self.step = 0
         self.stop_reason: str | None = None
         self.run = RunEvidence()
@@ -238,6 +239,8 @@ class Recorder:
                     node.register_hook(self._backward_hook(inner_site, sites, name, tuple(forward)))
             if len(self._values) + len(self._deferred) > _FLUSH_AT:
                 self._flush()  # a script that never steps an optimizer: keep memory bounded anyway
+            if outputs:
+                self.devices.add(outputs[0].device.type)
             if autocast_on:
                 self.run.autocast_dtypes.update(_dtype_name(t.dtype) for t in outputs if t.dtype in _LOW)
             for site in sites:
