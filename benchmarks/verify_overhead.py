@@ -2,9 +2,10 @@
 
     python benchmarks/verify_overhead.py [--pairs 3] [--threads 1] [--device cuda]
 
-Workloads: the bundled CPU example (``examples/sensor_tagger_buggy.py``, 200 float16 steps with a GradScaler)
-and a small transformer (2 encoder layers, width 128, sequence 64, float16 autocast, GradScaler,
-gradient clipping), written to a temporary folder. Each pair runs ``python SCRIPT`` and
+Workloads: the bundled examples that train when run (``examples/sensor_tagger_buggy.py`` and its fixed
+twin, 200 float16 steps with a GradScaler each; ``examples/train_fixed.py``, 4 steps) and a small
+transformer (2 encoder layers, width 128, sequence 64, float16 autocast, GradScaler, gradient clipping),
+written to a temporary folder. Each pair runs ``python SCRIPT`` and
 ``python -m flake8_amp.cli verify SCRIPT`` as whole processes, one after the other, alternating which
 goes first; the ratio is verify's wall time over the plain run's, and the mean and the median over the
 pairs are printed. Both sides pay Python's and torch's start-up; verify also pays its flake8 run, which
@@ -171,7 +172,8 @@ def main() -> None:
         transformer = Path(folder) / "tiny_transformer.py"
         transformer.write_text(TRANSFORMER)
         print("wall time, whole processes side by side (verify's over the plain run's)")
-        measure("examples/sensor_tagger_buggy.py", REPOSITORY / "examples" / "sensor_tagger_buggy.py", [], args.pairs, env)
+        for example in ("sensor_tagger_buggy.py", "sensor_tagger_fixed.py", "train_fixed.py"):
+            measure(f"examples/{example}", REPOSITORY / "examples" / example, [], args.pairs, env)
         measure(f"small transformer on {args.device}, 30 steps", transformer, ["30", str(args.threads), args.device],
                 args.pairs, env)
 
