@@ -64,7 +64,6 @@ class RecomputeStats:
     flushed: int = 0  # elements non-zero in float32 and 0 in low precision
     nonzero: int = 0
     overflowed: int = 0  # elements finite in float32 and inf/NaN in low precision
-    max_abs_reference: float = 0.0
 
 
 @dataclass

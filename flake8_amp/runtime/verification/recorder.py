@@ -351,7 +351,6 @@ class Recorder:
             ref_max = values[1]
             if ref_max > 0:
                 s.max_relative_error = max(s.max_relative_error, values[0] / ref_max)
-            s.max_abs_reference = max(s.max_abs_reference, ref_max)
             s.nonzero += int(values[2])
             s.flushed += int(values[3])
             s.overflowed += int(values[4])
