@@ -90,6 +90,9 @@ def run_verify(args: argparse.Namespace) -> int:
     except LintError as exc:
         print(f"flake8-amp verify: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # this torch cannot be instrumented: nothing ran
+        print(exc, file=sys.stderr)
+        return 2
     if args.format == "json":
         print(report.to_json())
     elif args.format == "sarif":

@@ -465,3 +465,19 @@ def test_on_a_cuda_machine_verify_runs_the_script_on_the_gpu(tmp_path, monkeypat
     assert (finding.line, finding.col, finding.verdict) == (9, 13, Outcome.CONFIRMED)
     assert "unsafe to autocast" in finding.evidence and "(the script stopped here)" in finding.evidence
     assert report.script_error.type == "RuntimeError" and report.script_error.line == 14
+
+
+def test_a_torch_the_recorder_cannot_instrument_is_a_clear_error_and_nothing_runs(tmp_path, monkeypatch):
+    from flake8_amp.runtime.verification.recorder import Recorder
+
+    def broken(self):
+        raise AttributeError("module 'torch.autograd' has no attribute '_engine_run_backward'")
+
+    monkeypatch.setattr(Recorder, "_patch_engine", broken)
+    monkeypatch.chdir(tmp_path)
+    before = (torch.save, torch.nn.Module.__init__, torch.amp.GradScaler.step, sys.gettrace())
+    marker = tmp_path / "ran"
+    with pytest.raises(RuntimeError, match="cannot instrument torch .*_engine_run_backward"):
+        run_verify(tmp_path, f"import torch\nopen({str(marker)!r}, 'w').close()\n")
+    assert not marker.exists()
+    assert (torch.save, torch.nn.Module.__init__, torch.amp.GradScaler.step, sys.gettrace()) == before

@@ -44,7 +44,8 @@ def verify(
     project modules it imports. ``steps`` stops the run cleanly after that many optimizer steps,
     ``timeout`` after that many seconds. A script that raises is a result: its error is in
     ``report.script_error``. Raises FileNotFoundError for a missing script, ValueError for bad limits,
-    and LintError when flake8 cannot lint the files."""
+    LintError when flake8 cannot lint the files, and RuntimeError when this torch cannot be instrumented
+    (the script does not run then)."""
     path = Path(script)
     if not path.is_file():
         raise FileNotFoundError(f"flake8-amp verify: no such script: {script}")
@@ -73,10 +74,15 @@ def verify(
     with ScriptIsolation(str(path.parent)):
         sys.argv[:] = [str(path), *args]
         sys.path.insert(0, str(path.parent))
-        recorder.install()
-        deadline = Deadline(timeout, recorder.time_is_up) if timeout else contextlib.nullcontext()
-        sys.settrace(tracer)
         try:
+            recorder.install()
+        except Exception as exc:  # a torch whose internals differ from what the recorder patches
+            recorder.uninstall()
+            raise RuntimeError(f"flake8-amp verify cannot instrument torch {torch.__version__}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        deadline = Deadline(timeout, recorder.time_is_up) if timeout else contextlib.nullcontext()
+        try:
+            sys.settrace(tracer)
             with deadline:
                 runpy.run_path(str(path), run_name="__main__")
         except StopScript:
