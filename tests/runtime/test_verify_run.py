@@ -481,3 +481,24 @@ def test_a_torch_the_recorder_cannot_instrument_is_a_clear_error_and_nothing_run
         run_verify(tmp_path, f"import torch\nopen({str(marker)!r}, 'w').close()\n")
     assert not marker.exists()
     assert (torch.save, torch.nn.Module.__init__, torch.amp.GradScaler.step, sys.gettrace()) == before
+
+
+def test_an_optimizer_that_writes_inf_into_the_weights_is_the_origin(tmp_path, monkeypatch):
+    """The step's own ops run unwatched; its result is read per weight, and verify's own reads never show
+    up as the script's ops."""
+    monkeypatch.chdir(tmp_path)
+    source = """
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float("inf"))
+    for step in range(3):
+        model(torch.randn(2, 4)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    """
+    report = run_verify(tmp_path, source)
+    forward = [o for o in report.nonfinite_origins if o.phase == "forward"]
+    assert [(o.line, o.op, o.step, o.kind) for o in forward] == [(8, "SGD.step", 0, "inf")]
+    assert report.steps_run == 3

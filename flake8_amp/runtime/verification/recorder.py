@@ -24,7 +24,7 @@ import weakref
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.overrides import TorchFunctionMode, _pop_mode_temporarily
+from torch.overrides import TorchFunctionMode, _pop_mode, _pop_mode_temporarily, _push_mode
 from torch.overrides import _get_current_function_mode_stack as _function_modes
 
 from ..evidence import (
@@ -127,6 +127,7 @@ class Recorder:
         self.unscaled_optimizers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.in_scaler_step = False
         self.optimizer_stepped = False
+        self._step_paused = False  # the mode is off for an optimizer step in progress
         self._snapshot: tuple[Site, list] | None = None  # UPDATES: a followed optimizer's weights before its step
         self._order = 0  # values read so far: orders the NaN/Inf origins of both phases in time
         self._mode = _Mode(self)
@@ -523,6 +524,7 @@ class Recorder:
         self._patch_engine()
         self._mode.__enter__()
         self._undo.append(lambda: self._mode.__exit__(None, None, None))
+        self._undo.append(self._resume_after_step)  # undone first: the mode back on its stack, then exited
 
     def uninstall(self) -> None:
         while self._undo:
@@ -614,8 +616,15 @@ class Recorder:
             self._touch(self.watched[site])
 
     def _optimizer_pre_step(self, optimizer, args, kwargs) -> None:
+        self._resume_after_step()  # a step that raised never reached its post-hook
         if self.in_scaler_step:
             return
+        # the step's own ops (and the snapshot below) run unwatched, as inside the GradScaler's (see
+        # paused); its result is read per weight in the post-hook
+        stack = _function_modes()
+        if stack and stack[-1] is self._mode:
+            _pop_mode()
+            self._step_paused = True
         sites = self._sites_for(sys._getframe(1)) if self.watched else []  # torch's step wrapper, then the caller
         followed = self.followed.get(optimizer)
         if followed is not None and followed not in sites:
@@ -629,7 +638,20 @@ class Recorder:
             self._snapshot = (followed, [(p, p.detach().clone()) for group in optimizer.param_groups
                                          for p in group["params"] if p.grad is not None and p.dtype in _LOW])
 
+    def _resume_after_step(self) -> None:
+        if self._step_paused:
+            self._step_paused = False
+            _push_mode(self._mode)
+
     def _optimizer_post_step(self, optimizer, args, kwargs) -> None:
+        busy, self.busy = self.busy, True  # the recorder's own reads are not the script's ops
+        try:
+            self._after_step(optimizer)
+        finally:
+            self.busy = busy or self.failure is not None  # after a failure, nothing is recorded again
+            self._resume_after_step()
+
+    def _after_step(self, optimizer) -> None:
         self.optimizer_stepped = True
         if self.failure is None:
             try:  # the step's own ops run unwatched (see paused): its result is one value per weight
