@@ -38,13 +38,13 @@ from ..evidence import (
     RunEvidence,
     ScalerCall,
 )
+from ..formats import get_format
 from .attribution import ProjectFrames, Span
 
 Site = tuple  # (path, line)
 
 _LOW = (torch.float16, torch.bfloat16)
-_FORMAT_MAX = {torch.float16: 65504.0, torch.bfloat16: 3.3895313892515355e38}
-_SMALLEST_NORMAL = {torch.float16: 2.0**-14, torch.bfloat16: 2.0**-126}
+_FORMATS = {dtype: get_format(dtype) for dtype in _LOW}  # their limits, from the runtime's format table
 # torch API calls that are bookkeeping, not computation
 _UNINTERESTING = frozenset(
     {"__get__", "__set__", "_set_grad_enabled", "is_floating_point", "_has_compatible_shallow_copy_type", "dim",
@@ -134,12 +134,12 @@ class Recorder:
         self._undo: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ sites
-    def _sites_for(self, frame) -> list[Site]:
+    def _sites_for(self, frame, inner=None) -> list[Site]:
         """The watched sites an op at this stack counts for: the project lines on the stack (the line that
         ran it, and the calls around it: a finding on ``z = helper(x)`` sees the ops inside ``helper``),
         the creation line of a followed object whose method ran it, and the spans (with blocks,
         functions) the stack is inside."""
-        inner = self.frames.innermost(frame)
+        inner = inner or self.frames.innermost(frame)
         if inner is None:
             return []
         sites = []
@@ -194,8 +194,9 @@ class Recorder:
     # ------------------------------------------------------------------ ops
     def on_op(self, func, name: str, args: tuple, kwargs: dict):
         frame = sys._getframe(2)
-        inner_site = self.innermost_site(frame)
-        sites = self._sites_for(frame) if self.watched else []
+        inner = self.frames.innermost(frame)  # walked once: the op's line, and where the watched sites start
+        inner_site = None if inner is None else (self._path_of(inner.f_code), inner.f_lineno)
+        sites = self._sites_for(frame, inner) if self.watched and inner is not None else []
         phase = "backward" if torch._C._current_autograd_node() is not None else "forward"
         autocast_on = _autocast_enabled(args)
         if name == "backward":
@@ -309,7 +310,7 @@ class Recorder:
         src, dst = source.detach(), out.detach()
         stats = next((c for c in record.casts if c.target == _dtype_name(dst.dtype)), None)
         if stats is None:
-            stats = CastStats(_dtype_name(dst.dtype), format_max=_FORMAT_MAX[dst.dtype])
+            stats = CastStats(_dtype_name(dst.dtype), format_max=_FORMATS[dst.dtype].max)
             record.casts.append(stats)
         nonzero = src != 0
         finite = torch.isfinite(src)
@@ -392,7 +393,7 @@ class Recorder:
         g = grad.detach().abs()
         nonzero = g != 0
         finite = torch.isfinite(g)
-        smallest = _SMALLEST_NORMAL[grad.dtype]
+        smallest = _FORMATS[grad.dtype].smallest_normal
         masked = torch.where(nonzero & finite, g.float(), torch.full_like(g, math.inf, dtype=torch.float32))
 
         def fold(values, r=record, n=g.numel()):
