@@ -10,7 +10,7 @@ from typing import Iterator
 from ..analysis.bindings import Bindings
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.summaries import Summaries
-from ..analysis.torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUSTOM_BWD, CUSTOM_FWD
+from ..analysis.torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUSTOM_BWD, CUSTOM_FWD, DTYPE_KEEPING_OPS
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, crashed_here
 from .base import Finding, Rule, Severity
 
@@ -66,12 +66,15 @@ class CustomFunctionWithoutCustomFwd(Rule):
             elif _applied_only_with_autocast_off(cls, analysis):
                 continue  # every apply runs in autocast(enabled=False), the inputs cast by hand (apex)
             elif (
-                _uses_autocast_float16_ops(cls)
+                _forward_runs_autocast_float16_ops(cls, analysis)
                 and _has_working_backward(cls)
-                and not _backward_follows_the_gradient_dtype(cls)
+                and (clash := _BackwardDtypes(cls).clash) is not None
                 and _autocast_in_play(analysis, summaries)
             ):
-                reason = None
+                reason = (
+                    f"under autocast its backward's `{_snippet(clash)}` (line {clash.lineno}) mixes the "
+                    "float16 gradient with a saved float32 tensor"
+                )
             elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
                 reason = "it runs compiled kernels under autocast"
             else:
@@ -122,15 +125,205 @@ def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: M
     return False
 
 
-def _uses_autocast_float16_ops(cls: ast.ClassDef) -> bool:
-    """Ops that CUDA autocast runs in float16: a Function using them sees float16 in forward (under
-    autocast) and float32 in backward (autocast is off there), and mixes them."""
-    for node in ast.walk(cls):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
-            return True
-        if isinstance(node, ast.Call) and call_name(node) in AUTOCAST_LOWER_PRECISION_OPS:
-            return True
+def _forward_runs_autocast_float16_ops(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
+    """The forward runs an op that CUDA autocast runs in float16 (outside a region of its own that turns
+    autocast off): under autocast its output, and so the gradient its backward receives, is float16."""
+    forward = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "forward"), None)
+    if forward is None:
+        return False
+    for node in ast.walk(forward):
+        if _is_matmul_family(node) and not _on_complex_operands(node):
+            region = analysis.context(node).innermost_region
+            if region is None or region.enabled is not False:
+                return True
     return False
+
+
+# torch.fft's complex results: autocast casts only floating-point tensors, so an einsum or matmul of
+# complex spectra runs in complex64 under autocast, and the real part it returns is float32 (peft's C3A).
+_COMPLEX_RESULTS = frozenset({"fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "rfft2", "rfftn", "ihfft", "view_as_complex", "polar", "complex"})
+
+
+def _on_complex_operands(node: ast.AST) -> bool:
+    operands = [node.left, node.right] if isinstance(node, ast.BinOp) else [
+        argument for argument in node.args if not isinstance(argument, ast.Constant)  # type: ignore[attr-defined]
+    ]
+    return bool(operands) and all(
+        isinstance(operand, ast.Call) and call_name(operand) in _COMPLEX_RESULTS for operand in operands
+    )
+
+
+def _is_matmul_family(node: ast.AST) -> bool:
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)) or (
+        isinstance(node, ast.Call) and call_name(node) in AUTOCAST_LOWER_PRECISION_OPS
+    )
+
+
+def _snippet(node: ast.AST, limit: int = 40) -> str:
+    text = ast.unparse(node)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# What a value in a backward holds, as far as its dtype goes: the incoming gradient's dtype (the forward
+# output's: float16 under autocast), the saved tensors' (the forward's inputs: float32 weights), float32
+# by an explicit cast, or a mixture whose dtype depends on what the code cannot tell (a promotion against
+# a saved tensor that may be 0-dim, a call the analysis does not know).
+_GRADIENT, _SAVED, _FLOAT32, _MIXED = "gradient", "saved", "float32", "mixed"
+# ``ctx.scale``, ``ctx.weight``: kept on ctx by the forward, most often a number (a scale, a flag), so an
+# elementwise product with it keeps the gradient's dtype; as a matmul operand it is a saved tensor.
+_CONTEXT = "context"
+_SAVED_CONTAINERS = frozenset({"saved_tensors", "saved_variables"})
+_ELEMENTWISE = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.FloorDiv, ast.Mod)
+
+
+class _BackwardDtypes:
+    """Follows, statement by statement, which values of a Function's backward carry the incoming
+    gradient's dtype and which the saved tensors'. ``clash`` is the first op that autocast would run in
+    float16 in a forward but that, in a backward (autocast off), multiplies a value of the gradient's dtype
+    by one of the saved tensors' or an explicit float32: under autocast that op gets float16 and float32
+    operands and raises ("expected m1 and m2 to have the same dtype"). A backward that casts to the
+    gradient's dtype (``w.to(grad.dtype)``, ``x.type_as(grad)``), or promotes the gradient through an
+    elementwise product with a saved tensor first (peft's LoHa), has no clash. A call the analysis does
+    not know is taken to keep its operands' dtype (an all-to-all, a chunking helper)."""
+
+    def __init__(self, cls: ast.ClassDef) -> None:
+        self.clash: ast.AST | None = None
+        self._env: dict[str, str] = {}
+        self._dtypes: dict[str, str] = {}  # compute_dtype = grad.dtype
+        backward = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "backward"), None)
+        if backward is None:
+            return
+        arguments = backward.args
+        for argument in [*arguments.posonlyargs, *arguments.args][1:]:
+            self._env[argument.arg] = _GRADIENT
+        if arguments.vararg:
+            self._env[arguments.vararg.arg] = _GRADIENT
+        self._ctx = ([*arguments.posonlyargs, *arguments.args] or [None])[0]
+        self._block(backward.body)
+
+    def _block(self, body: list[ast.stmt]) -> None:
+        for statement in body:
+            if self.clash is not None:
+                return
+            if isinstance(statement, ast.Assign):
+                label = self._label(statement.value)
+                for target in statement.targets:
+                    self._bind(target, label, statement.value)
+            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+                self._bind(statement.target, self._label(statement.value), statement.value)
+            elif isinstance(statement, ast.AugAssign):
+                label = self._label(ast.BinOp(statement.target, statement.op, statement.value))
+                self._bind(statement.target, label, statement.value)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            else:
+                for child in ast.iter_child_nodes(statement):
+                    if isinstance(child, ast.expr):
+                        self._label(child)
+                for field in ("body", "orelse", "finalbody"):
+                    self._block(getattr(statement, field, []) or [])
+                for handler in getattr(statement, "handlers", []) or []:
+                    self._block(handler.body)
+
+    def _bind(self, target: ast.expr, label: str | None, value: ast.expr) -> None:
+        if isinstance(target, ast.Name):
+            if label is None:
+                self._env.pop(target.id, None)
+            else:
+                self._env[target.id] = label
+            if isinstance(value, ast.Attribute) and value.attr == "dtype":
+                dtype_of = self._label(value.value)
+                if dtype_of is not None:
+                    self._dtypes[target.id] = dtype_of
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            elements = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) else None
+            for index, element in enumerate(target.elts):
+                element = element.value if isinstance(element, ast.Starred) else element
+                if elements is not None:
+                    self._bind(element, self._label(elements[index]), elements[index])
+                else:
+                    self._bind(element, label, value)
+
+    def _label(self, node: ast.expr) -> str | None:
+        """The node's dtype class, None for what is not a tracked tensor (a shape, a number, a name the
+        backward never bound to a tensor)."""
+        if isinstance(node, ast.Name):
+            return self._env.get(node.id)
+        if isinstance(node, ast.Constant):
+            return None
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name) and self._ctx is not None and node.value.id == self._ctx.arg:
+                return _SAVED if node.attr in _SAVED_CONTAINERS else _CONTEXT
+            if node.attr in ("T", "mT", "H", "mH", "data"):
+                return self._label(node.value)
+            self._label(node.value)
+            return None
+        if isinstance(node, ast.Subscript):
+            self._label(node.slice)
+            return self._label(node.value)
+        if isinstance(node, ast.Starred):
+            return self._label(node.value)
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return _combine([self._label(element) for element in node.elts])
+        if isinstance(node, ast.UnaryOp):
+            return self._label(node.operand)
+        if isinstance(node, ast.BinOp):
+            left, right = self._label(node.left), self._label(node.right)
+            if isinstance(node.op, ast.MatMult):
+                self._check(node, [left, right])
+            return _combine([left, right])
+        if isinstance(node, ast.IfExp):
+            self._label(node.test)
+            return _combine([self._label(node.body), self._label(node.orelse)])
+        if isinstance(node, ast.Call):
+            return self._call(node)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self._label(child)
+        return None
+
+    def _call(self, call: ast.Call) -> str | None:
+        name = call_name(call)
+        receiver = self._label(call.func.value) if isinstance(call.func, ast.Attribute) else None
+        arguments = [self._label(argument) for argument in call.args]
+        keywords = [self._label(keyword.value) for keyword in call.keywords]
+        is_method = isinstance(call.func, ast.Attribute) and receiver is not None
+        operands = ([receiver] if is_method else []) + arguments
+        if name in AUTOCAST_LOWER_PRECISION_OPS:
+            self._check(call, operands + keywords)
+            return _combine(operands + keywords)
+        if is_method and name in ("float", "double"):
+            return _FLOAT32
+        if is_method and name in ("to", "type", "type_as"):
+            cast = [*call.args, *(keyword.value for keyword in call.keywords)]
+            for argument in cast:
+                if isinstance(argument, ast.Attribute) and argument.attr == "dtype":
+                    return self._label(argument.value) or _MIXED
+                if isinstance(argument, ast.Name) and argument.id in self._dtypes:
+                    return self._dtypes[argument.id]
+                if name == "type_as":
+                    return self._label(argument) or _MIXED
+                if isinstance(argument, ast.Attribute) and argument.attr in ("float32", "float"):
+                    return _FLOAT32
+                if isinstance(argument, ast.Attribute) and argument.attr in ("float16", "half", "bfloat16"):
+                    return _MIXED
+            return receiver  # .to(device), .to(non_blocking=True): the dtype is unchanged
+        # Shape ops, elementwise math, and calls the analysis does not know (a collective that moves the
+        # gradient between ranks, a project helper): the result has the dtype of the tensors they are given.
+        return _combine(operands if name in DTYPE_KEEPING_OPS else operands + keywords)
+
+    def _check(self, node: ast.AST, labels: list[str | None]) -> None:
+        if self.clash is None and _GRADIENT in labels and ({_SAVED, _CONTEXT, _FLOAT32} & set(labels)):
+            self.clash = node
+
+
+def _combine(labels: list[str | None]) -> str | None:
+    known = {label for label in labels if label is not None}
+    if len(known) > 1:
+        known.discard(_CONTEXT)  # beside a tensor, a value kept on ctx is most often a number or a flag
+    if not known:
+        return None
+    return known.pop() if len(known) == 1 else _MIXED
 
 
 def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
@@ -209,45 +402,3 @@ def _only_nones(value: ast.AST | None) -> bool:
             isinstance(side, ast.Constant) and isinstance(side.value, int) for side in sides
         )
     return False
-
-
-def _backward_follows_the_gradient_dtype(cls: ast.ClassDef) -> bool:
-    """The backward casts what it computes with to the incoming gradient's dtype (``w.to(grad.dtype)``,
-    ``x.type_as(grad)``): it was written for whatever precision the forward ran in, so autocast's choice
-    cannot make its operands clash."""
-    backward = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "backward"), None)
-    if backward is None or len(backward.args.args) < 2:
-        return False
-    gradients = {arg.arg for arg in backward.args.args[1:]}
-    for node in ast.walk(backward):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        arguments = [*node.args, *(keyword.value for keyword in node.keywords)]
-        if node.func.attr == "type_as" and any(_names(arg, gradients) for arg in arguments):
-            return True
-        if node.func.attr == "to" and any(
-            isinstance(arg, ast.Attribute) and arg.attr == "dtype" and _names(arg.value, gradients) for arg in arguments
-        ):
-            return True
-    # compute_dtype = grad_output.dtype; w.to(compute_dtype)
-    aliases = {
-        target.id
-        for node in ast.walk(backward)
-        if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.Attribute)
-        and node.value.attr == "dtype"
-        and _names(node.value.value, gradients)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
-    return bool(aliases) and any(
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "to"
-        and any(_names(arg, aliases) for arg in [*node.args, *(k.value for k in node.keywords)])
-        for node in ast.walk(backward)
-    )
-
-
-def _names(node: ast.AST, names: set[str]) -> bool:
-    return isinstance(node, ast.Name) and node.id in names
