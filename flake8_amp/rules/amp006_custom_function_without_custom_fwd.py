@@ -61,8 +61,21 @@ class CustomFunctionWithoutCustomFwd(Rule):
                 if isinstance(method, ast.FunctionDef) and method.name in _REQUIRED
             }
             decorated = {name: _decorated(method, name, analysis) for name, method in methods.items()}
-            if len(methods) == 2 and any(decorated.values()):
-                reason = "its {other} is decorated"  # half of the pair: the author meant it to be autocast-aware
+            wrong_decorator = "backward" in methods and _is_decorated_with(methods["backward"], CUSTOM_FWD, analysis)
+            if len(methods) == 2 and decorated["backward"] and not decorated["forward"]:
+                # custom_bwd reads the autocast state that custom_fwd records on ctx: without it, every
+                # backward raises AttributeError.
+                reason = "its backward is decorated, and custom_bwd needs the state custom_fwd records"
+            elif len(methods) == 2 and decorated["forward"] and not decorated["backward"] and not wrong_decorator:
+                # The backward runs with autocast off, as if neither were decorated. With cast_inputs the
+                # forward ran in float32 and saved float32 tensors: nothing can clash. Without it, the
+                # backward is judged like an undecorated one's.
+                clash = None if _casts_inputs(methods["forward"], analysis) else _BackwardDtypes(cls).clash
+                if clash is None or not _forward_runs_autocast_float16_ops(cls, analysis):
+                    continue
+                reason = _clash_reason(clash)
+            elif len(methods) == 2 and any(decorated.values()):
+                reason = "its {other} is decorated"
             elif _applied_only_with_autocast_off(cls, analysis):
                 continue  # every apply runs in autocast(enabled=False), the inputs cast by hand (apex)
             elif (
@@ -71,10 +84,7 @@ class CustomFunctionWithoutCustomFwd(Rule):
                 and (clash := _BackwardDtypes(cls).clash) is not None
                 and _autocast_in_play(analysis, summaries)
             ):
-                reason = (
-                    f"under autocast its backward's `{_snippet(clash)}` (line {clash.lineno}) mixes the "
-                    "float16 gradient with a saved float32 tensor"
-                )
+                reason = _clash_reason(clash)
             elif _calls_an_extension(cls, analysis) and _has_working_backward(cls) and _used_under_autocast(cls, summaries):
                 reason = "it runs compiled kernels under autocast"
             else:
@@ -86,7 +96,7 @@ class CustomFunctionWithoutCustomFwd(Rule):
                     continue
                 decorators, spelled = _REQUIRED[name]
                 other = "backward" if name == "forward" else "forward"
-                why = f": {reason.format(other=other)}" if reason else ""
+                why = f": {reason.replace('{other}', other)}" if reason else ""
                 if name == "backward" and _is_decorated_with(method, CUSTOM_FWD, analysis):
                     why = ": it has custom_fwd, the forward's decorator, instead"
                 yield self.finding(
@@ -103,6 +113,19 @@ def _decorated(method: ast.FunctionDef, name: str, analysis: ModuleAnalysis) -> 
 
 def _is_decorated_with(method: ast.FunctionDef, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
     return any(_is_amp_decorator(decorator, accepted, analysis) for decorator in method.decorator_list)
+
+
+def _casts_inputs(method: ast.FunctionDef, analysis: ModuleAnalysis) -> bool:
+    """``@custom_fwd(..., cast_inputs=torch.float32)``."""
+    return any(
+        isinstance(decorator, ast.Call)
+        and _is_amp_decorator(decorator, CUSTOM_FWD, analysis)
+        and any(
+            keyword.arg == "cast_inputs" and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is None)
+            for keyword in decorator.keywords
+        )
+        for decorator in method.decorator_list
+    )
 
 
 def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
@@ -159,6 +182,13 @@ def _is_matmul_family(node: ast.AST) -> bool:
     )
 
 
+def _clash_reason(clash: ast.AST) -> str:
+    return (
+        f"under autocast its backward's `{_snippet(clash)}` (line {clash.lineno}) mixes the float16 gradient "
+        "with a saved float32 tensor"
+    )
+
+
 def _snippet(node: ast.AST, limit: int = 40) -> str:
     text = ast.unparse(node)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -184,146 +214,199 @@ class _BackwardDtypes:
     operands and raises ("expected m1 and m2 to have the same dtype"). A backward that casts to the
     gradient's dtype (``w.to(grad.dtype)``, ``x.type_as(grad)``), or promotes the gradient through an
     elementwise product with a saved tensor first (peft's LoHa), has no clash. A call the analysis does
-    not know is taken to keep its operands' dtype (an all-to-all, a chunking helper)."""
+    not know is taken to keep its operands' dtype (an all-to-all, a chunking helper).
+
+    A value's label is the set of classes it may have, one per path: after ``if upcast: grad =
+    grad.float()`` the gradient may still be float16, and a clash on any path is a clash."""
 
     def __init__(self, cls: ast.ClassDef) -> None:
         self.clash: ast.AST | None = None
-        self._env: dict[str, str] = {}
-        self._dtypes: dict[str, str] = {}  # compute_dtype = grad.dtype
+        self._dtypes: dict[str, _Label] = {}  # compute_dtype = grad.dtype
         backward = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == "backward"), None)
         if backward is None:
             return
         arguments = backward.args
-        for argument in [*arguments.posonlyargs, *arguments.args][1:]:
-            self._env[argument.arg] = _GRADIENT
+        positional = [*arguments.posonlyargs, *arguments.args]
+        env: dict[str, _Label] = {argument.arg: _ONLY_GRADIENT for argument in positional[1:]}
         if arguments.vararg:
-            self._env[arguments.vararg.arg] = _GRADIENT
-        self._ctx = ([*arguments.posonlyargs, *arguments.args] or [None])[0]
-        self._block(backward.body)
+            env[arguments.vararg.arg] = _ONLY_GRADIENT
+        self._ctx = positional[0].arg if positional else None
+        self._block(backward.body, env)
 
-    def _block(self, body: list[ast.stmt]) -> None:
+    def _block(self, body: list[ast.stmt], env: dict[str, _Label]) -> dict[str, _Label]:
         for statement in body:
             if self.clash is not None:
-                return
+                break
             if isinstance(statement, ast.Assign):
-                label = self._label(statement.value)
+                label = self._label(statement.value, env)
                 for target in statement.targets:
-                    self._bind(target, label, statement.value)
+                    self._bind(target, label, statement.value, env)
             elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
-                self._bind(statement.target, self._label(statement.value), statement.value)
+                self._bind(statement.target, self._label(statement.value, env), statement.value, env)
             elif isinstance(statement, ast.AugAssign):
-                label = self._label(ast.BinOp(statement.target, statement.op, statement.value))
-                self._bind(statement.target, label, statement.value)
+                label = self._label(ast.BinOp(statement.target, statement.op, statement.value), env)
+                self._bind(statement.target, label, statement.value, env)
             elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
+            elif isinstance(statement, ast.If):
+                self._label(statement.test, env)
+                taken = self._block(statement.body, dict(env))
+                env = _merge(taken, self._block(statement.orelse, dict(env)))
+            elif isinstance(statement, (ast.For, ast.AsyncFor, ast.While)):
+                # The body may run or not: what it binds merges with what came before.
+                self._label(getattr(statement, "iter", None) or statement.test, env)  # type: ignore[arg-type]
+                if isinstance(statement, (ast.For, ast.AsyncFor)):
+                    self._bind(statement.target, self._label(statement.iter, env), statement.iter, env)
+                env = _merge(env, self._block(statement.body, dict(env)))  # one pass: linear in the code
+                env = _merge(env, self._block(statement.orelse, dict(env)))
+            elif isinstance(statement, ast.Try):
+                tried = self._block(statement.body, dict(env))
+                env = _merge(env, tried)
+                for handler in statement.handlers:
+                    env = _merge(env, self._block(handler.body, dict(env)))
+                env = self._block(statement.orelse, env)
+                env = self._block(statement.finalbody, env)
             else:
                 for child in ast.iter_child_nodes(statement):
                     if isinstance(child, ast.expr):
-                        self._label(child)
-                for field in ("body", "orelse", "finalbody"):
-                    self._block(getattr(statement, field, []) or [])
-                for handler in getattr(statement, "handlers", []) or []:
-                    self._block(handler.body)
+                        self._label(child, env)
+                    elif isinstance(child, ast.withitem):
+                        self._label(child.context_expr, env)
+                env = self._block(getattr(statement, "body", []) or [], env)
+        return env
 
-    def _bind(self, target: ast.expr, label: str | None, value: ast.expr) -> None:
+    def _bind(self, target: ast.expr, label: _Label, value: ast.expr, env: dict[str, _Label]) -> None:
         if isinstance(target, ast.Name):
-            if label is None:
-                self._env.pop(target.id, None)
+            if label:
+                env[target.id] = label
             else:
-                self._env[target.id] = label
+                env.pop(target.id, None)
             if isinstance(value, ast.Attribute) and value.attr == "dtype":
-                dtype_of = self._label(value.value)
-                if dtype_of is not None:
+                dtype_of = self._label(value.value, env)
+                if dtype_of:
                     self._dtypes[target.id] = dtype_of
         elif isinstance(target, (ast.Tuple, ast.List)):
             elements = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) else None
             for index, element in enumerate(target.elts):
                 element = element.value if isinstance(element, ast.Starred) else element
                 if elements is not None:
-                    self._bind(element, self._label(elements[index]), elements[index])
+                    self._bind(element, self._label(elements[index], env), elements[index], env)
                 else:
-                    self._bind(element, label, value)
+                    self._bind(element, label, value, env)
 
-    def _label(self, node: ast.expr) -> str | None:
-        """The node's dtype class, None for what is not a tracked tensor (a shape, a number, a name the
-        backward never bound to a tensor)."""
+    def _label(self, node: ast.expr, env: dict[str, _Label]) -> _Label:
+        """The classes the node's value may have; empty for what is not a tracked tensor (a shape, a
+        number, a name the backward never bound to a tensor)."""
         if isinstance(node, ast.Name):
-            return self._env.get(node.id)
+            return env.get(node.id, _UNTRACKED)
         if isinstance(node, ast.Constant):
-            return None
+            return _UNTRACKED
         if isinstance(node, ast.Attribute):
-            if isinstance(node.value, ast.Name) and self._ctx is not None and node.value.id == self._ctx.arg:
-                return _SAVED if node.attr in _SAVED_CONTAINERS else _CONTEXT
+            if isinstance(node.value, ast.Name) and node.value.id == self._ctx:
+                return frozenset({_SAVED if node.attr in _SAVED_CONTAINERS else _CONTEXT})
             if node.attr in ("T", "mT", "H", "mH", "data"):
-                return self._label(node.value)
-            self._label(node.value)
-            return None
+                return self._label(node.value, env)
+            self._label(node.value, env)
+            return _UNTRACKED
         if isinstance(node, ast.Subscript):
-            self._label(node.slice)
-            return self._label(node.value)
+            self._label(node.slice, env)
+            return self._label(node.value, env)
         if isinstance(node, ast.Starred):
-            return self._label(node.value)
+            return self._label(node.value, env)
         if isinstance(node, (ast.Tuple, ast.List)):
-            return _combine([self._label(element) for element in node.elts])
+            return _union([self._label(element, env) for element in node.elts])
         if isinstance(node, ast.UnaryOp):
-            return self._label(node.operand)
+            return self._label(node.operand, env)
         if isinstance(node, ast.BinOp):
-            left, right = self._label(node.left), self._label(node.right)
+            left, right = self._label(node.left, env), self._label(node.right, env)
             if isinstance(node.op, ast.MatMult):
                 self._check(node, [left, right])
             return _combine([left, right])
         if isinstance(node, ast.IfExp):
-            self._label(node.test)
-            return _combine([self._label(node.body), self._label(node.orelse)])
+            self._label(node.test, env)
+            return _union([self._label(node.body, env), self._label(node.orelse, env)])
         if isinstance(node, ast.Call):
-            return self._call(node)
+            return self._call(node, env)
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.expr):
-                self._label(child)
-        return None
+                self._label(child, env)
+        return _UNTRACKED
 
-    def _call(self, call: ast.Call) -> str | None:
+    def _call(self, call: ast.Call, env: dict[str, _Label]) -> _Label:
         name = call_name(call)
-        receiver = self._label(call.func.value) if isinstance(call.func, ast.Attribute) else None
-        arguments = [self._label(argument) for argument in call.args]
-        keywords = [self._label(keyword.value) for keyword in call.keywords]
-        is_method = isinstance(call.func, ast.Attribute) and receiver is not None
+        receiver = self._label(call.func.value, env) if isinstance(call.func, ast.Attribute) else _UNTRACKED
+        arguments = [self._label(argument, env) for argument in call.args]
+        keywords = [self._label(keyword.value, env) for keyword in call.keywords]
+        is_method = bool(receiver)
         operands = ([receiver] if is_method else []) + arguments
         if name in AUTOCAST_LOWER_PRECISION_OPS:
             self._check(call, operands + keywords)
             return _combine(operands + keywords)
         if is_method and name in ("float", "double"):
-            return _FLOAT32
+            return _ONLY_FLOAT32
         if is_method and name in ("to", "type", "type_as"):
-            cast = [*call.args, *(keyword.value for keyword in call.keywords)]
-            for argument in cast:
+            for argument in [*call.args, *(keyword.value for keyword in call.keywords)]:
                 if isinstance(argument, ast.Attribute) and argument.attr == "dtype":
-                    return self._label(argument.value) or _MIXED
+                    return self._label(argument.value, env) or _ONLY_MIXED
                 if isinstance(argument, ast.Name) and argument.id in self._dtypes:
                     return self._dtypes[argument.id]
                 if name == "type_as":
-                    return self._label(argument) or _MIXED
+                    return self._label(argument, env) or _ONLY_MIXED
                 if isinstance(argument, ast.Attribute) and argument.attr in ("float32", "float"):
-                    return _FLOAT32
+                    return _ONLY_FLOAT32
                 if isinstance(argument, ast.Attribute) and argument.attr in ("float16", "half", "bfloat16"):
-                    return _MIXED
+                    return _ONLY_MIXED
             return receiver  # .to(device), .to(non_blocking=True): the dtype is unchanged
         # Shape ops, elementwise math, and calls the analysis does not know (a collective that moves the
         # gradient between ranks, a project helper): the result has the dtype of the tensors they are given.
         return _combine(operands if name in DTYPE_KEEPING_OPS else operands + keywords)
 
-    def _check(self, node: ast.AST, labels: list[str | None]) -> None:
-        if self.clash is None and _GRADIENT in labels and ({_SAVED, _CONTEXT, _FLOAT32} & set(labels)):
-            self.clash = node
+    def _check(self, node: ast.AST, labels: list[_Label]) -> None:
+        if self.clash is not None:
+            return
+        for index, label in enumerate(labels):
+            others = [other for position, other in enumerate(labels) if position != index]
+            if _GRADIENT in label and any(_CLASHES_WITH_GRADIENT & other for other in others):
+                self.clash = node
+                return
 
 
-def _combine(labels: list[str | None]) -> str | None:
-    known = {label for label in labels if label is not None}
-    if len(known) > 1:
-        known.discard(_CONTEXT)  # beside a tensor, a value kept on ctx is most often a number or a flag
-    if not known:
-        return None
-    return known.pop() if len(known) == 1 else _MIXED
+_Label = frozenset  # of _GRADIENT, _SAVED, _CONTEXT, _FLOAT32, _MIXED: the classes a value may have
+_UNTRACKED: frozenset = frozenset()
+_ONLY_GRADIENT, _ONLY_FLOAT32, _ONLY_MIXED = frozenset({_GRADIENT}), frozenset({_FLOAT32}), frozenset({_MIXED})
+_CLASHES_WITH_GRADIENT = frozenset({_SAVED, _CONTEXT, _FLOAT32})
+
+
+def _merge(first: dict[str, _Label], second: dict[str, _Label]) -> dict[str, _Label]:
+    """The bindings after two paths join: a name bound on one path only keeps what the other left."""
+    return {name: first.get(name, _UNTRACKED) | second.get(name, _UNTRACKED) for name in first.keys() | second.keys()}
+
+
+def _union(labels: list[_Label]) -> _Label:
+    return frozenset().union(*labels)
+
+
+def _combine(labels: list[_Label]) -> _Label:
+    """The classes of an op's result, path by path: operands of one class give that class; a value kept
+    on ctx beside a tensor is most often a number and leaves it alone; two different classes (a
+    promotion whose result depends on a 0-dim saved tensor, say) give a mixture the analysis cannot name."""
+    results: set[str] = set()
+    tracked = [label for label in labels if label]
+    if not tracked:
+        return _UNTRACKED
+    for combination in _combinations(tracked):
+        known = set(combination)
+        if len(known) > 1:
+            known.discard(_CONTEXT)
+        results.add(known.pop() if len(known) == 1 else _MIXED)
+    return frozenset(results)
+
+
+def _combinations(labels: list[_Label], limit: int = 64) -> list[tuple[str, ...]]:
+    combinations: list[tuple[str, ...]] = [()]
+    for label in labels:
+        combinations = [(*combination, choice) for combination in combinations for choice in sorted(label)][:limit]
+    return combinations
 
 
 def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
