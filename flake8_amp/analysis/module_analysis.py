@@ -359,7 +359,9 @@ class ModuleAnalysis:
 
     @cached_property
     def uses_autocast(self) -> bool:
-        return bool(self.regions)
+        """The module opens an autocast region that can be enabled: ``autocast(enabled=False)`` alone,
+        which only turns autocast off, is no evidence that anything here runs under it."""
+        return any(region.may_be_enabled for region in self.regions)
 
 
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}

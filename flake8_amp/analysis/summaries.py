@@ -494,7 +494,7 @@ class Summaries:
             "functions": functions,
             "classes": classes,
             "autocast_calls": autocast_calls,
-            "has_autocast": bool(self.analysis.regions),
+            "has_autocast": self.analysis.uses_autocast,
             "imports": self.analysis.imports.bindings(),
         }
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .bindings import Bindings
+from .control_flow import ControlFlow, switch_polarity
 from .module_analysis import ModuleAnalysis, binding_key, call_name
 from .source_text import excerpt
 from .torch_api import GRAD_SCALER_CONSTRUCTORS
@@ -208,14 +209,29 @@ class TrainingCalls:
             return False
         return not self.is_tensor_backward(call) and self.analysis.resolve(call.func) is None
 
-    def is_scaled_backward(self, call: ast.Call) -> bool:
+    def scaled_backward_scaler(self, call: ast.Call) -> str | None:
+        """The scaler that scaled the loss ``call`` differentiates: ``scaler.scale(loss).backward()``, or
+        ``loss = scaler.scale(loss)`` then ``loss.backward()``. The rebinding may sit under a condition on
+        the scaler itself (``if self.scaler is not None:``, ``if use_amp:``): the path that skips it has
+        no scaler to bypass (audiocraft's solvers)."""
         func = call.func
-        return (
-            isinstance(func, ast.Attribute)
-            and func.attr == "backward"
-            and isinstance(func.value, ast.Call)
-            and self.scaler_method(func.value, "scale") is not None
-        )
+        if not (isinstance(func, ast.Attribute) and func.attr == "backward"):
+            return None
+        if isinstance(func.value, ast.Call):
+            return self.scaler_method(func.value, "scale")
+        if not isinstance(func.value, ast.Name):
+            return None
+        flow = self.analysis.derived(ControlFlow)
+        at_backward = flow.assumptions(call)
+        for binding in self.bindings.reaching(func.value):
+            value = binding.value
+            scaler = self.scaler_method(value, "scale") if isinstance(value, ast.Call) else None
+            if scaler is None:
+                continue
+            guards = flow.assumptions(binding.statement) - at_backward
+            if all(scaler in fact.key or switch_polarity(fact.key) is not None for fact in guards):
+                return scaler
+        return None
 
     # ---------------------------------------------------------------- events
     @cached_property
@@ -299,9 +315,9 @@ class TrainingCalls:
     def _classify(self, call: ast.Call) -> TrainingEvent | None:
         name = call_name(call)
         if name in ("backward", "manual_backward"):
-            if self.is_scaled_backward(call):
-                inner = call.func.value  # type: ignore[attr-defined]
-                return TrainingEvent(SCALED_BACKWARD, call, scaler=receiver_text(inner))
+            scaler = self.scaled_backward_scaler(call)
+            if scaler is not None:
+                return TrainingEvent(SCALED_BACKWARD, call, scaler=scaler)
             if self.is_tensor_backward(call):
                 return TrainingEvent(PLAIN_BACKWARD, call)
             if self.is_wrapper_backward(call):

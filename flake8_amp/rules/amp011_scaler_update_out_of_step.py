@@ -15,6 +15,7 @@ from ..analysis.training_calls import (
     UNSCALE,
     UPDATE,
     WRAPPER_BACKWARD,
+    ZERO_GRAD,
     TrainingCalls,
     TrainingEvent,
 )
@@ -61,12 +62,14 @@ class ScalerUpdateOutOfStep(Rule):
         flow = analysis.derived(ControlFlow)
         for scope in training.scopes_with_events:
             by_scaler: dict[str, list[TrainingEvent]] = defaultdict(list)
-            direct_steps, backwards = [], []
+            direct_steps, backwards, zero_grads = [], [], []
             for event in training.events(scope):
                 if event.kind in (SCALER_STEP, UPDATE, UNSCALE):
                     by_scaler[event.scaler].append(event)  # type: ignore[index]
                 elif event.kind == DIRECT_STEP:
                     direct_steps.append(event)
+                elif event.kind == ZERO_GRAD:
+                    zero_grads.append(event)
                 elif event.kind in _BACKWARDS:
                     backwards.append(event)
             for scaler, events in by_scaler.items():
@@ -74,10 +77,19 @@ class ScalerUpdateOutOfStep(Rule):
                 if not steps:
                     continue
                 step_guards = _guards(steps, flow)
+                updates = [e for e in events if e.kind == UPDATE]
                 unscales = {e: self._unscale_pairing(e, steps + direct_steps, step_guards, flow) for e in events if e.kind == UNSCALE}
+                # An unscale_() is in step when the step of its optimizer (by the scaler or by hand) runs
+                # wherever it does; or when an update() after it does (update() resets it, so the next
+                # pass may unscale_ again) and the gradients it unscaled are zeroed every pass instead of
+                # accumulated into the next (SlowFast zeroes, unscale_s and update()s every pass, and steps
+                # when told). Unscaled gradients that accumulate would be divided again at the next pass.
+                zeroed = _guards(zero_grads, flow)
+                updated = {e for e in unscales if _paired(e, _guards([u for u in updates if u.position > e.position], flow), flow)}
+                in_step = {e for e, pairing in unscales.items() if _paired(e, pairing, flow) or e in updated and _paired(e, zeroed, flow)}
                 # update() needs an inf check recorded since the last update: a step(), or an unscale_()
-                # that is itself in step with the step of its optimizer (by the scaler or by hand)
-                checks = _guards(steps + [e for e, pairing in unscales.items() if _paired(e, pairing, flow)], flow)
+                # that is itself in step
+                checks = _guards(steps + sorted(in_step, key=lambda e: e.position), flow)
                 for event in events:
                     if event.kind == UPDATE:
                         if len(checks) > 1 and not any(flow.may_share_a_pass(b.call, event.call) for b in backwards):
@@ -86,16 +98,22 @@ class ScalerUpdateOutOfStep(Rule):
                             # of them trains at all is not visible here.
                             continue
                         paired = checks
-                    elif event.kind == UNSCALE:
-                        paired = unscales[event]
-                    else:
-                        continue
-                    if not _paired(event, paired, flow):
-                        method = "update" if event.kind == UPDATE else "unscale_"
+                        if not _paired(event, paired, flow):
+                            yield self.finding(
+                                event.call,
+                                f"{scaler}.update() runs on iterations where {scaler}.step() does not",
+                                fix=f"move {scaler}.update() under the same condition as {scaler}.step()",
+                            )
+                    elif event.kind == UNSCALE and event not in in_step:
+                        why = (
+                            "and the gradients it unscaled accumulate into the next pass, which unscales them again"
+                            if event in updated
+                            else f"nor {scaler}.update(): the next unscale_() before an update() raises"
+                        )
                         yield self.finding(
                             event.call,
-                            f"{scaler}.{method}() runs on iterations where {scaler}.step() does not",
-                            fix=f"move {scaler}.{method}() under the same condition as {scaler}.step()",
+                            f"{scaler}.unscale_() runs on iterations where {scaler}.step() does not, {why}",
+                            fix=f"move {scaler}.unscale_() under the same condition as {scaler}.step()",
                         )
                 yield from self._repeated_updates([e for e in events if e.kind == UPDATE], scaler, flow)
 
