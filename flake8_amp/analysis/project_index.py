@@ -40,7 +40,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 4
+_SCHEMA = 5
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -106,6 +106,7 @@ class ProjectIndex:
         self._files: list[Path] | None = None
         self._uses: dict[Path, dict[str, object]] | None = None
         self._any_autocast = False
+        self._any_low_precision = False
         self._mentions: dict[tuple[Path, str], bool] = {}
         self.cache = _DiskCache(root / CACHE_DIRECTORY) if cache else None
 
@@ -164,6 +165,13 @@ class ProjectIndex:
         """Some module of the project opens an autocast region."""
         self.autocast_uses("")  # reads every module that says "autocast"
         return self._any_autocast
+
+    def may_run_low_precision(self) -> bool:
+        """Some module of the project, tests included, so much as mentions a low precision (float16,
+        bfloat16, ``.half()``, fp16/bf16 options, autocast, apex's amp). A project that never does runs
+        its models in float32 only."""
+        self.autocast_uses("")  # reads every module once
+        return self._any_low_precision or not self.python_files()  # a tree too large to read: unknown
 
     def star_bindings(self, from_path: str, module: str) -> dict[str, str]:
         """The names ``from <module> import *`` binds, with what they are (``torch`` -> ``torch``)."""
@@ -372,14 +380,16 @@ class ProjectIndex:
                 continue
             known = manifest.get(key)
             if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
-                mentions = known[2]
+                mentions, low_precision = known[2], known[3]
             else:
                 try:
-                    mentions = _may_open_autocast(path.read_bytes())
+                    source = path.read_bytes()
                 except OSError:
                     continue
-                manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions]
+                mentions, low_precision = _may_open_autocast(source), _LOW_PRECISION_TEXT.search(source) is not None
+                manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions, low_precision]
                 changed = True
+            self._any_low_precision = self._any_low_precision or low_precision
             if not mentions:
                 continue
             if is_test_module(path, self.root):
@@ -444,6 +454,9 @@ _MAY_OPEN_AUTOCAST = re.compile(
     rb"|^[ \t]*(?:from|import)\b[^\n]*\bautocast\b",
     re.M,
 )
+
+
+_LOW_PRECISION_TEXT = re.compile(rb"float16|bfloat16|\.half\(|\bhalf\b|\b[fb]p16\b|16-mixed|autocast|\bamp\b|HalfTensor", re.I)
 
 
 def _may_open_autocast(source: bytes) -> bool:

@@ -65,8 +65,13 @@ class Fp16OverflowLiteral(Rule):
         precision = analysis.derived(module_precision)
         # What an unknown dtype means: in fp16 code it may be float16; without any low-precision
         # evidence, only model code (the methods of an nn.Module that this module does not itself train
-        # in float32) is code that some trainer may run under float16 autocast.
-        model_code_may_be_fp16 = precision is None and not analysis.derived(TrainingCalls).trains
+        # in float32) is code that some trainer may run under float16 autocast, in a project that runs
+        # anything in low precision at all (one that never mentions it runs its models in float32).
+        model_code_may_be_fp16 = (
+            precision is None
+            and not analysis.derived(TrainingCalls).trains
+            and (analysis.project is None or analysis.project.may_run_low_precision())
+        )
         values = None
         for call in analysis.calls_named(*_FILL_NAMES):
             site = _fill_site(call, analysis)
