@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from flake8_amp.analysis.project_index import find_root
 from flake8_amp.engine import lint_tree, mentions_torch
 
 
@@ -46,6 +47,11 @@ def main() -> int:
     args = parser.parse_args()
     codes = set(args.select.split(",")) if args.select else None
     for root in args.dirs:
+        if find_root(root / "__probe__.py") != root.resolve():
+            # A checkout has .git at its root; a bare copy without it (or without pyproject.toml, setup.cfg,
+            # setup.py) would be linted file by file, without the project index that flake8 would use.
+            print(f"!! {root.name}: no project marker at its root (.git, pyproject.toml, setup.cfg, setup.py): "
+                  "its files are linted alone, unlike in a checkout", file=sys.stderr)
         lines, counts, files = survey(root, codes)
         if not args.counts and lines:  # no blank line for a repository without findings: one line, one finding
             print("\n".join(lines))
