@@ -2,8 +2,9 @@
 
 A function *trains* (calls ``backward`` or steps an optimizer, itself or through a function it calls),
 *scales the loss* (``scaler.scale(loss).backward()``), *steps through the scaler*, *computes a loss*
-(returns the result of a loss function), *returns a half-cast value*, or *returns a checkpoint* (a dict
-with an optimizer's state, with or without a GradScaler's). A class *owns a scaler*, and its
+(returns the result of a loss function), *returns a half-cast value*, *reads a parameter only through a
+cast to float32* (``output.float()``), or *returns a checkpoint* (a dict with an optimizer's state, with
+or without a GradScaler's). A class *owns a scaler*, and its
 ``state_dict()`` includes or omits it. A function is *called inside an autocast region* when a call in an
 enabled region reaches it: directly, through the functions that call it, through an instance call
 (``model(x)`` runs ``Net.forward``) or ``Fn.apply`` (runs ``Fn.forward``), in this module or, through
@@ -364,7 +365,42 @@ class Summaries:
             "steps_scaler": SCALER_STEP in kinds or any(c.get("steps_scaler") for c in callees),
             "computes_loss": self._returns(function, self._is_loss_value),
             "returns_half": self._returns(function, self._is_half_value),
+            "float32_parameters": self._float32_parameters(function),
         }
+
+    def _float32_parameters(self, function: ast.AST) -> list[int]:
+        """The positions, in a call, of the parameters the function only ever reads through a cast to
+        float32 or float64 (``def compute_loss(output, label): return f(output.float(), label.float())``):
+        a float16 argument there is computed with in float32."""
+        from .dtypes import cast_dtype
+
+        arguments = function.args  # type: ignore[attr-defined]
+        positional = [*arguments.posonlyargs, *arguments.args]
+        is_method = self._enclosing_class(function) is not None and not any(
+            isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list  # type: ignore[attr-defined]
+        )
+        if is_method:
+            positional = positional[1:]
+        names = {argument.arg: index for index, argument in enumerate(positional)}
+        reads: dict[str, list[ast.Name]] = {name: [] for name in names}
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name) and node.id in reads:
+                if not isinstance(node.ctx, ast.Load):
+                    names.pop(node.id, None)  # rebound: what it holds later is not the argument
+                reads[node.id].append(node)
+        parents = self.analysis.parents
+        found = []
+        for name, index in names.items():
+            uses = reads[name]
+            if uses and all(
+                isinstance(parent := parents.get(use), ast.Attribute)
+                and isinstance(call := parents.get(parent), ast.Call)
+                and call.func is parent
+                and cast_dtype(call, self.analysis.resolve) in ("float32", "float64")
+                for use in uses
+            ):
+                found.append(index)
+        return sorted(found)
 
     def _foreign_facts(self, reference: str) -> dict | None:
         project = self.analysis.project

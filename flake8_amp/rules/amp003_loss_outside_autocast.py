@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Iterator
 
 from ..analysis.dtypes import FP16_MAX
 from ..analysis.losses import is_loss_call
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.summaries import Summaries
 from ..analysis.source_text import as_operand, excerpt
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
@@ -50,9 +52,20 @@ class LossOutsideAutocast(Rule):
             arg, origin = found
             if origin.without_grad:
                 continue  # made under no_grad: a loss on it is a metric, nothing backpropagates through it
+            if _cast_by_the_callee(call, arg, analysis):
+                continue  # `compute_loss(outputs, labels)` whose first step is `outputs.float()`
             yield self.finding(
                 call,
                 f"loss computed outside autocast on '{excerpt(arg)}', a {origin.dtype_label} value from "
                 f"the autocast block (line {origin.line})",
                 fix=f"compute the loss inside the block, or pass {as_operand(arg)}.float()",
             )
+
+
+def _cast_by_the_callee(call: ast.Call, arg: ast.expr, analysis: ModuleAnalysis) -> bool:
+    """The callee (of this module or, through the project index, another) reads the parameter ``arg`` is
+    passed to only through ``.float()`` (or another cast to float32): the loss runs in float32."""
+    if arg not in call.args:
+        return False
+    facts = analysis.derived(Summaries).callee_facts(call)
+    return bool(facts) and call.args.index(arg) in (facts.get("float32_parameters") or ())

@@ -88,6 +88,8 @@ class Fp16OverflowLiteral(Rule):
             if verdict != FP16:
                 if not (precision == FP16_PRECISION or model_code_may_be_fp16 and _in_model_code(call, analysis)):
                     continue
+                if _builds_a_mask(call, tensor):
+                    continue  # `mask.masked_fill(mask == 0, -1e9)`: a 0/1 mask of unknown dtype, not scores
                 if is_int_constant(fill) and not _floating_result(tensor, analysis):
                     continue  # an integer fill may well be for an index tensor
             yield self.finding(fill, _fill_message(call, number) + _reason(call, analysis))
@@ -136,6 +138,27 @@ def _fill_site(call: ast.Call, analysis: ModuleAnalysis) -> tuple[ast.expr, ast.
             return None  # two scalars make a float32 tensor; two tensors hold no literal
         return constants[0], tensors[0], None
     return None
+
+
+def _builds_a_mask(call: ast.Call, tensor: ast.expr | None) -> bool:
+    """``mask.masked_fill(mask == 0, v)``: the fill's condition compares the filled tensor itself with 0 or
+    1, so the tensor holds a 0/1 mask (a tokenizer's integer attention mask, most often), which an additive
+    mask is being built from: not scores that autocast made float16. Where it is later added to float16
+    scores, the value becomes -inf there, which is what a mask means."""
+    if tensor is None or not call.args or not isinstance(call.func, ast.Attribute) or call.func.attr not in ("masked_fill", "masked_fill_"):
+        return False
+    condition = call.args[0]
+    if not (isinstance(condition, ast.Compare) and len(condition.ops) == 1 and isinstance(condition.ops[0], (ast.Eq, ast.NotEq))):
+        return False
+    sides = [condition.left, condition.comparators[0]]
+    constant = next((side for side in sides if isinstance(side, ast.Constant)), None)
+    other = next((side for side in sides if side is not constant), None)
+    return (
+        constant is not None
+        and constant.value in (0, 1)
+        and other is not None
+        and ast.dump(other) == ast.dump(tensor)
+    )
 
 
 def _fill_verdict(
