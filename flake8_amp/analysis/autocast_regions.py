@@ -6,7 +6,7 @@ import ast
 from dataclasses import dataclass
 
 from .dtypes import Resolver, dtype_of
-from .torch_api import AUTOCAST_CONSTRUCTORS
+from .torch_api import AUTOCAST_CONSTRUCTORS, CUSTOM_FWD
 
 # The dtype autocast uses when none is given, per device type.
 _DEFAULT_DTYPE = {"cuda": "float16", "cpu": "bfloat16", "mps": "float16", "xpu": "bfloat16"}
@@ -28,6 +28,9 @@ class AutocastRegion:
     dtype_known: bool = True
     #: not a region of the source around the code, but the region its function is called in
     inherited: bool = False
+    #: ``@custom_fwd(cast_inputs=torch.float32)``: autocast is off in the function and its floating
+    #: inputs arrive cast to this dtype
+    inputs_dtype: str | None = None
 
     @property
     def effective_dtype(self) -> str | None:
@@ -92,6 +95,22 @@ def region_from_call(call: ast.Call, owner: ast.AST, resolve: Resolver) -> Autoc
             dtype=dtype,
             enabled=_literal_bool(enabled_node),
             dtype_known=dtype is not None or dtype_node is None,
+        )
+    identifier = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+    if qualified in CUSTOM_FWD or identifier.endswith("custom_fwd"):
+        # @custom_fwd(device_type=..., cast_inputs=torch.float32): the forward runs with autocast off and
+        # its floating inputs cast; without cast_inputs it runs in the caller's autocast state. Known by its
+        # name too when a project re-exports it (`from utils.amp import custom_fwd`, GLIP; DeepSpeed's
+        # `autocast_custom_fwd`): nothing else takes cast_inputs.
+        cast = next((kw.value for kw in call.keywords if kw.arg == "cast_inputs"), None)
+        inputs_dtype = dtype_of(cast, resolve) if cast is not None else None
+        if inputs_dtype is None:
+            return None
+        device = _literal_str(next((kw.value for kw in call.keywords if kw.arg == "device_type"), None))
+        if (qualified or "").startswith("torch.cuda."):
+            device = "cuda"
+        return AutocastRegion(
+            node=owner, api=qualified or identifier, device_type=device, dtype=None, enabled=False, inputs_dtype=inputs_dtype
         )
     # Framework wrappers such as accelerate's `accelerator.autocast()`: autocast with settings
     # decided elsewhere.

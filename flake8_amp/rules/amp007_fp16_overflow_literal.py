@@ -90,6 +90,9 @@ class Fp16OverflowLiteral(Rule):
                     continue
                 if _builds_a_mask(call, tensor):
                     continue  # `mask.masked_fill(mask == 0, -1e9)`: a 0/1 mask of unknown dtype, not scores
+                region = analysis.context(call).innermost_region
+                if region is not None and region.inputs_dtype in ("float32", "float64"):
+                    continue  # in a @custom_fwd(cast_inputs=torch.float32) function: float32 inputs, autocast off
                 if is_int_constant(fill) and not _floating_result(tensor, analysis):
                     continue  # an integer fill may well be for an index tensor
             yield self.finding(fill, _fill_message(call, number) + _reason(call, analysis))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from ..analysis.control_flow import ControlFlow
 from ..analysis.dtypes import cast_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, method_chain_end, method_chain_root
@@ -26,7 +25,9 @@ class HalfModelOptimizer(Rule):
     why = "float16 weights drop updates below half an ulp, Adam's eps=1e-8 underflows, and GradScaler raises 'Attempting to unscale FP16 gradients'"
     fix = "keep the model in float32 and use torch.autocast + GradScaler"
     training_only = True
-    deliberate_when_configured = True
+    # A precision setting does not make it safe: a torch.optim optimizer keeps no float32 copy whatever
+    # chose float16 (`if args.fp16: model.half()`), so the hazard is the same on that path.
+    deliberate_when_configured = False
 
     probes = frozenset({Probe.UPDATES})
 
@@ -96,8 +97,8 @@ class _CastsBoundElsewhere:
 
 
 def _deliberate(cast: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """The cast itself is evaluation code or the configuration of a precision setting."""
-    return analysis.context(cast).grad_disabled or analysis.derived(ControlFlow).under_precision_setting(cast)
+    """The cast itself is evaluation code."""
+    return analysis.context(cast).grad_disabled
 
 
 def _parameter_owners(argument: ast.expr) -> list[ast.expr]:

@@ -77,7 +77,8 @@ def test_the_float32_arm_is_exempt_from_low_precision_rules():
 def test_a_cast_under_a_precision_setting_is_the_configuration():
     source = "if args.dtype == 'float16':\n    target()\n"
     assert exemption(source, "AMP001") == PRECISION_SETTING
-    assert exemption(source, "AMP015") == PRECISION_SETTING
+    # a torch.optim optimizer over a float16 model keeps no float32 copy, whatever chose float16
+    assert exemption(source, "AMP015") is None
     assert exemption(source, "AMP007") is None
 
 
