@@ -19,6 +19,7 @@ index stores and resolves across files.
 from __future__ import annotations
 
 import ast
+import builtins
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
@@ -27,7 +28,14 @@ from .autocast_regions import AutocastRegion
 from .bindings import Bindings, alternatives
 from .dataflow import evaluate
 from .module_analysis import ModuleAnalysis, call_name
-from .torch_api import AUTOGRAD_FUNCTION_BASES, GRAD_SCALER_CONSTRUCTORS
+from .torch_api import (
+    AUTOGRAD_FUNCTION_BASES,
+    CUDA_FLOAT32_OPS,
+    DTYPE_KEEPING_OPS,
+    GRAD_SCALER_CONSTRUCTORS,
+    LOSS_FUNCTIONS,
+    NON_FLOAT_RESULTS,
+)
 from .training_calls import (
     DIRECT_STEP,
     PLAIN_BACKWARD,
@@ -38,6 +46,11 @@ from .training_calls import (
 )
 
 FunctionNode = (ast.FunctionDef, ast.AsyncFunctionDef)
+# Standard-library modules whose functions never touch a tensor's precision.
+_BUILTIN_MODULES = frozenset({"math", "operator", "functools", "itertools", "numbers", "typing", "warnings", "logging"})
+_BUILTINS = frozenset(dir(builtins))
+# Tensor methods autocast leaves in the tensor's dtype, besides the shape and elementwise ops.
+_TENSOR_METHODS_KEEPING_PRECISION = DTYPE_KEEPING_OPS | NON_FLOAT_RESULTS | {"mean", "float", "to", "item", "size", "numel", "sqrt", "append", "get"}
 # The names a GradScaler class goes by: torch's, and the copies frameworks keep (ColossalAI's own GradScaler).
 _SCALER_CLASS_NAMES = ("GradScaler", "ShardedGradScaler")
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
@@ -366,7 +379,38 @@ class Summaries:
             "computes_loss": self._returns(function, self._is_loss_value),
             "returns_half": self._returns(function, self._is_half_value),
             "float32_parameters": self._float32_parameters(function),
+            "autocast_float32_ops": self._runs_autocast_float32_ops(function)
+            or any(c.get("autocast_float32_ops", True) for c in callees),
         }
+
+    def _runs_autocast_float32_ops(self, function: ast.AST) -> bool:
+        """The function runs an op that CUDA autocast would run in float32 (a torch loss, softmax,
+        ``sum``, ``exp``, ``log``, ``pow``, a norm ...), or calls something the source does not show (a
+        package's function, a module held in an attribute: it may): computed outside autocast on float16
+        values, such a function runs in float16 where autocast would have picked float32. One made of
+        elementwise ops, ``mean``, ``clamp`` and ``maximum`` (a PPO objective) runs the same either way.
+        The functions of the project it calls answer for themselves (``_combine_facts``)."""
+        for node in ast.walk(function):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+                return True
+            if not isinstance(node, ast.Call):
+                continue
+            name = call_name(node)
+            if name in CUDA_FLOAT32_OPS or name in LOSS_FUNCTIONS:
+                return True
+            qualified = self.analysis.resolve(node.func)
+            if qualified is not None:
+                if qualified.startswith("torch.") or qualified.partition(".")[0] in _BUILTIN_MODULES:
+                    continue  # a torch op off autocast's float32 list, or the standard library
+            elif isinstance(node.func, ast.Name) and node.func.id in _BUILTINS:
+                continue  # len(), max(), isinstance() ...
+            elif isinstance(node.func, ast.Attribute) and name in _TENSOR_METHODS_KEEPING_PRECISION:
+                continue  # x.mean(), x.view(...), x.clamp(...): a tensor's own method off the list
+            reference = self.call_reference(node)
+            if reference is not None and (self.local_targets(reference) or self._foreign_facts(reference)):
+                continue  # a function of the project: its own facts answer
+            return True
+        return False
 
     def _float32_parameters(self, function: ast.AST) -> list[int]:
         """The positions, in a call, of the parameters the function only ever reads through a cast to

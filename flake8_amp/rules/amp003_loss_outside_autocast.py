@@ -54,6 +54,9 @@ class LossOutsideAutocast(Rule):
                 continue  # made under no_grad: a loss on it is a metric, nothing backpropagates through it
             if _cast_by_the_callee(call, arg, analysis):
                 continue  # `compute_loss(outputs, labels)` whose first step is `outputs.float()`
+            facts = analysis.derived(Summaries).callee_facts(call)
+            if facts is not None and facts.get("autocast_float32_ops") is False:
+                continue  # elementwise ops and a mean (a PPO objective): autocast would not change them
             yield self.finding(
                 call,
                 f"loss computed outside autocast on '{excerpt(arg)}', a {origin.dtype_label} value from "
