@@ -228,8 +228,15 @@ class TrainedValues:
         scales the loss itself (a ColossalAI booster or engine, DeepSpeed, apex, an ``*AMPOptimizer``):
         a low-precision model is what it expects."""
         function = self.summaries.function_of(node)
-        body = function.body if function is not None else self.analysis.tree.body  # type: ignore[attr-defined]
-        return any(self._manages_precision(call) for call in self.summaries.calls_in(body))
+        managed = self._precision_managed_scopes
+        if function not in managed:  # once per function: a module of many casts asks it of each
+            body = function.body if function is not None else self.analysis.tree.body  # type: ignore[attr-defined]
+            managed[function] = any(self._manages_precision(call) for call in self.summaries.calls_in(body))
+        return managed[function]
+
+    @cached_property
+    def _precision_managed_scopes(self) -> dict[ast.AST | None, bool]:
+        return {}
 
     def _manages_precision(self, call: ast.Call) -> bool:
         qualified = self.analysis.resolve(call.func) or ""
