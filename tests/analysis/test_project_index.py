@@ -186,3 +186,16 @@ def test_pylint_finds_it_too_and_honours_its_option(project):
         ("attention_utils.py", 8, "AMP007")
     }
     assert pylint_findings(run_pylint(paths, "--amp-project-index=n")) == set()
+
+
+def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):
+    root = tmp_path / "project"
+    (root / "tests").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "model.py").write_text("import torch\n\nscores = torch.zeros(2).masked_fill(torch.ones(2).bool(), -1e9)\n")
+    ProjectIndex._instances.clear()
+    assert ProjectIndex(root).may_run_low_precision() is False
+    # a mention anywhere counts, a test's included, and its text is enough (even a comment)
+    (root / "tests" / "test_model.py").write_text("# runs the model in fp16 too\n")
+    assert ProjectIndex(root).may_run_low_precision() is True
+    ProjectIndex._instances.clear()

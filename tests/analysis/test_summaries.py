@@ -137,3 +137,61 @@ def test_module_facts_are_plain_data_for_the_disk_cache():
     assert facts["classes"]["Net"]["bases"] == ["torch.nn.Module"]
     assert ["@Net.__call__", "cuda", "float16", 65] in facts["autocast_calls"]
     assert facts["imports"]["FusedDense"] == ".ops.FusedDense"
+
+
+FLOAT32_SOURCE = '''
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def compute_loss(output, label):
+    return -F.cosine_similarity(output.float(), label.to(torch.float32), dim=-1).mean()
+
+
+def half_cast_one(output, label):
+    return F.mse_loss(output.float(), label)
+
+
+def rebinds(output):
+    output = output.float()
+    return output.mean()
+
+
+class Criterion:
+    def loss(self, logits, target):
+        return F.cross_entropy(logits.float(), target.float())
+
+
+def ppo_loss(advantages, ratio):
+    return torch.mean(torch.maximum(-advantages * ratio, -advantages * torch.clamp(ratio, 0.8, 1.2)))
+
+
+def through_ppo(advantages, ratio):
+    return ppo_loss(advantages, ratio) * 0.5
+
+
+def squared(x):
+    return (x ** 2).mean()
+
+
+def via_a_package(x):
+    return rearrange(x, "b n -> n b").mean()
+'''
+
+
+def test_a_parameter_read_only_through_a_float32_cast_is_a_fact_of_its_function():
+    analysis = ModuleAnalysis(ast.parse(FLOAT32_SOURCE))
+    found = analysis.derived(Summaries)
+    facts = {name: found.facts(function(found, name))["float32_parameters"] for name in ("compute_loss", "half_cast_one", "rebinds", "Criterion.loss")}
+    # positions in a call: a method's self is not one of them; a rebound parameter is not the argument
+    assert facts == {"compute_loss": [0, 1], "half_cast_one": [0], "rebinds": [], "Criterion.loss": [0, 1]}
+
+
+def test_whether_a_function_runs_an_op_autocast_would_run_in_float32():
+    analysis = ModuleAnalysis(ast.parse(FLOAT32_SOURCE))
+    found = analysis.derived(Summaries)
+    runs = {name: found.facts(function(found, name))["autocast_float32_ops"] for name in ("compute_loss", "ppo_loss", "through_ppo", "squared", "via_a_package")}
+    # cosine_similarity is on the list; elementwise ops, clamp, maximum and mean are not (through_ppo asks
+    # ppo_loss); `**` is pow, on the list; a package's function may run anything
+    assert runs == {"compute_loss": True, "ppo_loss": False, "through_ppo": False, "squared": True, "via_a_package": True}
