@@ -13,6 +13,7 @@ from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.constants import provably_nonpositive
+from ..analysis.fp16_values import Fp16Values
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..runtime.evidence import LineEvidence, Outcome, RunEvidence, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
@@ -69,6 +70,7 @@ class UnstableSoftmaxOrLog(Rule):
                 _max_subtracted(exponent, analysis, shifted_in_place)
                 or provably_nonpositive(exponent, analysis)  # a Gaussian kernel: exp(-d**2 / s) <= 1
                 or _deliberate(node, analysis)
+                or all(_computed_in_float32(exp, "exp", analysis) for exp in _op_calls_through_name(node.left, analysis))
             ):
                 continue
             yield self.finding(
@@ -79,9 +81,12 @@ class UnstableSoftmaxOrLog(Rule):
         for call in analysis.calls_named("log"):
             if _op(call, analysis) != "log":
                 continue
-            inner = _op_through_name(_log_argument(call, analysis), analysis)
+            argument = _log_argument(call, analysis)
+            inner = _op_through_name(argument, analysis)
             if inner not in ("softmax", "sigmoid") or _deliberate(call, analysis):
                 continue
+            if all(_computed_in_float32(node, inner, analysis) for node in _op_calls_through_name(argument, analysis)):
+                continue  # the probabilities are float32 here: as in a run without AMP
             if inner == "softmax":
                 yield self.finding(call, "log(softmax(x))", fix="use torch.log_softmax(x, dim)")
             else:
@@ -140,6 +145,31 @@ def _op_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int 
         ops = {_op_through_name(value, analysis, depth + 1) for value in values}
         return ops.pop() if len(ops) == 1 else None
     return _op(node, analysis)
+
+
+def _op_calls_through_name(node: ast.AST | None, analysis: ModuleAnalysis, depth: int = 0) -> list[ast.Call]:
+    """The calls that make the value: the call itself, or the calls a name is bound to."""
+    if isinstance(node, ast.Name) and depth < _MAX_DEPTH:
+        found: list[ast.Call] = []
+        for value in analysis.derived(Bindings).reaching_values(node):
+            found += _op_calls_through_name(value, analysis, depth + 1)
+        return found
+    return [node] if isinstance(node, ast.Call) else []
+
+
+def _computed_in_float32(call: ast.Call, op: str, analysis: ModuleAnalysis) -> bool:
+    """The op's result is float32 where it runs: its input is (``x.float()``, a fresh tensor), or it is
+    ``softmax`` / ``exp`` inside an enabled CUDA autocast region (this function's, or the one a call
+    reaches it from), which runs them in float32 whatever their input. There the underflow needs logit
+    gaps beyond about 100, as in a run without AMP. ``sigmoid`` keeps its input's dtype under autocast:
+    float16 scores stay float16, and underflow below about -17."""
+    subject = _subject(call, analysis)
+    if subject is not None and analysis.derived(Fp16Values).full_precision(subject):
+        return True
+    if op not in ("softmax", "exp"):
+        return False
+    region = analysis.context(call).innermost_region
+    return region is not None and region.may_be_enabled and not region.is_cpu
 
 
 def _exp_argument(node: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
