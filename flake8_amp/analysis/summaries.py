@@ -27,6 +27,7 @@ from typing import Iterator
 from .autocast_regions import AutocastRegion
 from .bindings import Bindings, alternatives
 from .dataflow import evaluate
+from .dtypes import cast_dtype
 from .module_analysis import ModuleAnalysis, call_name
 from .torch_api import (
     AUTOGRAD_FUNCTION_BASES,
@@ -368,8 +369,10 @@ class Summaries:
         training = self.analysis.derived(TrainingCalls)
         kinds = {event.kind for event in training.events(function)}
         local = [facts.get(target) or {} for target in self._fact_parts(function)]
-        foreign = [self._foreign_facts(r) for r in self._references(function) if not r.startswith(LOCAL)]
-        callees = local + [f for f in foreign if f]
+        foreign = {r: self._foreign_facts(r) for r in self._references(function) if not r.startswith(LOCAL)}
+        callees = local + [f for f in foreign.values() if f]
+        # The calls whose callee is a function of the project: their own facts answer for them.
+        summarised = {r for r in self._references(function) if foreign.get(r) or r.startswith(LOCAL) and self.local_targets(r)}
         scaled = SCALED_BACKWARD in kinds or any(c.get("scales_loss") for c in callees)
         trains = bool(kinds & {SCALED_BACKWARD, PLAIN_BACKWARD, WRAPPER_BACKWARD, DIRECT_STEP, SCALER_STEP})
         return {
@@ -379,17 +382,17 @@ class Summaries:
             "computes_loss": self._returns(function, self._is_loss_value),
             "returns_half": self._returns(function, self._is_half_value),
             "float32_parameters": self._float32_parameters(function),
-            "autocast_float32_ops": self._runs_autocast_float32_ops(function)
+            "autocast_float32_ops": self._runs_autocast_float32_ops(function, summarised)
             or any(c.get("autocast_float32_ops", True) for c in callees),
         }
 
-    def _runs_autocast_float32_ops(self, function: ast.AST) -> bool:
+    def _runs_autocast_float32_ops(self, function: ast.AST, summarised: set[str]) -> bool:
         """The function runs an op that CUDA autocast would run in float32 (a torch loss, softmax,
         ``sum``, ``exp``, ``log``, ``pow``, a norm ...), or calls something the source does not show (a
         package's function, a module held in an attribute: it may): computed outside autocast on float16
         values, such a function runs in float16 where autocast would have picked float32. One made of
         elementwise ops, ``mean``, ``clamp`` and ``maximum`` (a PPO objective) runs the same either way.
-        The functions of the project it calls answer for themselves (``_combine_facts``)."""
+        The functions of the project it calls (``summarised``: their references) answer for themselves."""
         for node in ast.walk(function):
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
                 return True
@@ -406,8 +409,7 @@ class Summaries:
                 continue  # len(), max(), isinstance() ...
             elif isinstance(node.func, ast.Attribute) and name in _TENSOR_METHODS_KEEPING_PRECISION:
                 continue  # x.mean(), x.view(...), x.clamp(...): a tensor's own method off the list
-            reference = self.call_reference(node)
-            if reference is not None and (self.local_targets(reference) or self._foreign_facts(reference)):
+            if self.call_reference(node) in summarised:
                 continue  # a function of the project: its own facts answer
             return True
         return False
@@ -416,8 +418,6 @@ class Summaries:
         """The positions, in a call, of the parameters the function only ever reads through a cast to
         float32 or float64 (``def compute_loss(output, label): return f(output.float(), label.float())``):
         a float16 argument there is computed with in float32."""
-        from .dtypes import cast_dtype
-
         arguments = function.args  # type: ignore[attr-defined]
         positional = [*arguments.posonlyargs, *arguments.args]
         is_method = self._enclosing_class(function) is not None and not any(

@@ -67,10 +67,10 @@ class CustomFunctionWithoutCustomFwd(Rule):
                 # backward raises AttributeError.
                 reason = "its backward is decorated, and custom_bwd needs the state custom_fwd records"
             elif len(methods) == 2 and decorated["forward"] and not decorated["backward"] and not wrong_decorator:
-                # The backward runs with autocast off, as if neither were decorated. With cast_inputs the
-                # forward ran in float32 and saved float32 tensors: nothing can clash. Without it, the
-                # backward is judged like an undecorated one's.
-                clash = None if _casts_inputs(methods["forward"], analysis) else _BackwardDtypes(cls).clash
+                # The backward runs with autocast off, as if neither were decorated, and is judged like an
+                # undecorated one's. With cast_inputs the forward is a region with autocast off (its inputs
+                # cast), so it runs no float16 op and nothing can clash.
+                clash = _BackwardDtypes(cls).clash
                 if clash is None or not _forward_runs_autocast_float16_ops(cls, analysis):
                     continue
                 reason = _clash_reason(clash)
@@ -113,19 +113,6 @@ def _decorated(method: ast.FunctionDef, name: str, analysis: ModuleAnalysis) -> 
 
 def _is_decorated_with(method: ast.FunctionDef, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
     return any(_is_amp_decorator(decorator, accepted, analysis) for decorator in method.decorator_list)
-
-
-def _casts_inputs(method: ast.FunctionDef, analysis: ModuleAnalysis) -> bool:
-    """``@custom_fwd(..., cast_inputs=torch.float32)``."""
-    return any(
-        isinstance(decorator, ast.Call)
-        and _is_amp_decorator(decorator, CUSTOM_FWD, analysis)
-        and any(
-            keyword.arg == "cast_inputs" and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is None)
-            for keyword in decorator.keywords
-        )
-        for decorator in method.decorator_list
-    )
 
 
 def _is_amp_decorator(decorator: ast.expr, accepted: frozenset[str], analysis: ModuleAnalysis) -> bool:
