@@ -9,6 +9,10 @@ rules need on top of it:
   inside an enabled CUDA region), also through a name bound only to such values;
 * bfloat16 origins count as not float16 (bfloat16 has float32's range).
 
+And one question about code whose dtype the module does not say (model code that some trainer may run
+under float16 autocast): whether the value would be float32 there too, because autocast runs the op that
+made it in float32 (``1 - logits.softmax(-1).gather(...)``): :meth:`Fp16Values.float32_under_autocast`.
+
 Use as ``analysis.derived(Fp16Values).verdict(expr)``.
 """
 
@@ -22,11 +26,14 @@ from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, literal_dtype
 from .low_precision import LowPrecisionFlow
 from .module_analysis import ModuleAnalysis, call_name
 from .precision import FP16 as FP16_PRECISION, module_precision
-from .torch_api import CUDA_FLOAT32_OPS, NON_FLOAT_RESULTS
+from .torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUDA_FLOAT32_OPS, DTYPE_KEEPING_OPS, NON_FLOAT_RESULTS
 
 FP16 = "fp16"
 NOT_FP16 = "not-fp16"
 UNKNOWN = "unknown"
+
+# einops functions whose result has their first argument's dtype.
+_EINOPS_DTYPE_KEEPING = frozenset({"einops.rearrange", "einops.repeat"})
 
 
 class Fp16Values:
@@ -36,6 +43,8 @@ class Fp16Values:
         self.bindings = analysis.derived(Bindings)
         self._full: dict[object, bool] = {}
         self._pending: set[object] = set()
+        self._autocast_full: dict[object, bool] = {}
+        self._autocast_pending: set[object] = set()
 
     def verdict(self, expr: ast.AST) -> str:
         """``FP16`` (known float16, or low precision of a dtype that may be float16), ``NOT_FP16`` or
@@ -52,6 +61,70 @@ class Fp16Values:
     def full_precision(self, expr: ast.AST) -> bool:
         """Certainly not a float16 tensor where it stands."""
         return bool(evaluate(expr, self._parts, self._combine, self._full, self._pending))
+
+    def float32_under_autocast(self, expr: ast.AST) -> bool:
+        """Certainly float32 if this code ran inside an enabled CUDA autocast region: built only from
+        ops autocast runs in float32 (``softmax``, ``log_softmax``, ``sum``, ``exp``, ``norm`` ...),
+        float32 casts, fresh float32 tensors and constants, through ops that keep their input's dtype
+        (``1 - p.gather(...)``, ``x.view(...)``, ``einops.rearrange(x, ...)``). Anything autocast runs in
+        low precision (``@``, ``matmul``, ``linear``, ``conv``), or an op this does not know, is not."""
+        return bool(evaluate(expr, self._autocast_parts, self._autocast_combine, self._autocast_full, self._autocast_pending))
+
+    def _autocast_rule(self, call: ast.Call) -> tuple[str, list]:
+        dtype = cast_dtype(call, self.analysis.resolve)
+        if dtype is not None:
+            return ("full" if dtype != "float16" else "not-full"), []
+        name = call_name(call)
+        qualified = self.analysis.resolve(call.func)
+        if name in NON_FLOAT_RESULTS or name in CUDA_FLOAT32_OPS:
+            return "full", []
+        if name in AUTOCAST_LOWER_PRECISION_OPS:
+            return "not-full", []
+        if qualified is not None and qualified.startswith("torch.") and name in FRESH_TENSOR_FUNCTIONS:
+            return ("not-full" if self._may_be_fp16_dtype(call) else "full"), []
+        if name in DTYPE_KEEPING_OPS and qualified is None and isinstance(call.func, ast.Attribute):
+            return "all-parts", [call.func.value]  # p.gather(...), x.view(...)
+        if name in DTYPE_KEEPING_OPS and qualified is not None and qualified.startswith("torch.") and call.args:
+            return "all-parts", [arg for arg in call.args if not isinstance(arg, ast.Starred)][:1]
+        if qualified in _EINOPS_DTYPE_KEEPING and call.args:
+            return "all-parts", [call.args[0]]  # rearrange(x, "b n -> n b") has x's dtype
+        return "not-full", []
+
+    def _autocast_parts(self, node: object) -> list:
+        if isinstance(node, Binding):
+            return [node.value] if not node.unpacked else []
+        if isinstance(node, ast.Name):
+            return list(self.bindings.reaching(node))
+        if isinstance(node, ast.Subscript):
+            return [node.value]
+        if isinstance(node, ast.Call):
+            return self._autocast_rule(node)[1]
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult):
+            return [node.left, node.right]
+        if isinstance(node, ast.UnaryOp):
+            return [node.operand]
+        return []
+
+    def _autocast_combine(self, node: object, full: dict) -> bool:
+        if isinstance(node, Binding):
+            return node.value is not None and not node.unpacked and full.get(node.value, False)
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.Name):
+            bindings = self.bindings.reaching(node)
+            return bool(bindings) and all(full.get(binding, False) for binding in bindings)
+        if isinstance(node, ast.Subscript):
+            return full.get(node.value, False)
+        if isinstance(node, ast.Call):
+            kind, parts = self._autocast_rule(node)
+            if kind == "all-parts":
+                return bool(parts) and all(full.get(part, False) for part in parts)
+            return kind == "full"
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult):
+            return full.get(node.left, False) and full.get(node.right, False)
+        if isinstance(node, ast.UnaryOp):
+            return full.get(node.operand, False)
+        return False
 
     def _parts(self, node: object) -> list:
         if isinstance(node, Binding):

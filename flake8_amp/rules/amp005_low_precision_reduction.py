@@ -14,6 +14,11 @@ from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_
 from .base import Finding, Rule, Severity
 
 _REDUCTIONS = frozenset({"sum", "mean", "var", "std", "norm", "prod", "cumsum", "cumprod", "nansum", "nanmean"})
+# torch's reductions accumulate float16 in float32 (CPU and CUDA alike); what overflows is a result
+# beyond 65504. A mean lies within its finite inputs' range, so it cannot: only told dtype=float16
+# (which casts the input first) is it reported. nanmean is not so kind: it is nansum / count, and the
+# float16 nansum overflows (seen on CPU with torch 2.13: nanmean of 100,000 values of 60000 is inf).
+_RESULT_STAYS_IN_RANGE = frozenset({"mean"})
 # Reductions without a dtype= parameter: the fix is to cast first.
 _NO_DTYPE_PARAMETER = frozenset({"var", "std"})
 
@@ -21,7 +26,7 @@ _NO_DTYPE_PARAMETER = frozenset({"var", "std"})
 def reduction_call(call: ast.Call, analysis: ModuleAnalysis) -> tuple[str, ast.AST] | None:
     """(name, reduced value) for ``x.sum()`` or ``torch.sum(x)`` without ``dtype=``."""
     func = call.func
-    if not isinstance(func, ast.Attribute) or func.attr not in _REDUCTIONS:
+    if not isinstance(func, ast.Attribute) or func.attr not in _REDUCTIONS or func.attr in _RESULT_STAYS_IN_RANGE:
         return None
     if any(kw.arg == "dtype" for kw in call.keywords):
         return None
@@ -37,8 +42,8 @@ class LowPrecisionReduction(Rule):
     code = "AMP005"
     name = "low-precision-reduction"
     severity = Severity.MEDIUM
-    summary = "sum / mean / var / norm / cumsum ... of a float16/bfloat16 tensor outside autocast"
-    why = "a float16 accumulator overflows past 65504 and drops small addends; bfloat16 keeps only 8 bits"
+    summary = "sum / var / norm / cumsum ... of a float16/bfloat16 tensor outside autocast"
+    why = "a float16 result overflows past 65504; bfloat16 keeps only 8 bits"
     fix = "pass dtype=torch.float32, or .float() the tensor first"
 
     probes = frozenset({Probe.RECOMPUTE})
@@ -57,7 +62,7 @@ class LowPrecisionReduction(Rule):
                 if accumulator is not None and not _only_reported(call, analysis):
                     yield self.finding(
                         accumulator,
-                        f"{call_name(call)}(dtype={excerpt(accumulator)}) accumulates in float16 whatever its input",
+                        f"{call_name(call)}(dtype={excerpt(accumulator)}) gives a float16 result (inf past 65504) whatever its input",
                         fix="pass dtype=torch.float32 (cast the result afterwards if float16 is needed)",
                     )
                 continue

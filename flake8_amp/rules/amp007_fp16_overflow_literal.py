@@ -88,6 +88,8 @@ class Fp16OverflowLiteral(Rule):
             if verdict != FP16:
                 if not (precision == FP16_PRECISION or model_code_may_be_fp16 and _in_model_code(call, analysis)):
                     continue
+                if precision != FP16_PRECISION and tensor is not None and values.float32_under_autocast(tensor):
+                    continue  # `(1 - probs.gather(...)).masked_fill(m, -1e5)`: autocast runs softmax in float32
                 if _builds_a_mask(call, tensor):
                     continue  # `mask.masked_fill(mask == 0, -1e9)`: a 0/1 mask of unknown dtype, not scores
                 region = analysis.context(call).innermost_region
