@@ -79,7 +79,9 @@ def _named_dict_states(name: ast.Name, analysis: ModuleAnalysis, depth: int) -> 
         ):
             extra.append(_pair_states(target.slice, assign.value, analysis, depth))
     for call in analysis.calls_named("update"):
-        receiver = call.func.value  # type: ignore[attr-defined]
+        if not isinstance(call.func, ast.Attribute):
+            continue  # a function of the module named update(), not ckpt.update(...)
+        receiver = call.func.value
         if binding_key(receiver) == name.id and bindings.scope_of(call) is function and call.args:
             extra.append(checkpoint_states(call.args[0], analysis, depth + 1) or {"optimizer": False, "scaler": False})
     return _merge([*found, *extra])  # type: ignore[list-item]

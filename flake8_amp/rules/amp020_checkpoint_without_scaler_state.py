@@ -6,6 +6,7 @@ import ast
 from typing import Iterator
 
 from ..analysis.checkpoints import checkpoint_states
+from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import excerpt
 from ..analysis.summaries import Summaries
@@ -54,15 +55,24 @@ class CheckpointWithoutScalerState(Rule):
     def _saved_checkpoints(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         uses_scaler = analysis.derived(TrainingCalls).uses_grad_scaler
         reported: set[tuple[ast.AST | None, str]] = set()
-        for call in analysis.calls_to({"torch.save"}):
-            if not call.args:
+        saves = [(call, checkpoint_states(call.args[0], analysis)) for call in analysis.calls_to({"torch.save"}) if call.args]
+        # A checkpoint may be a folder of files (transformers' Trainer writes optimizer.pt and, beside it,
+        # scaler.pt): the scaler's state saved by the same function, on a pass the optimizer's save can
+        # share, is saved with it.
+        scaler_saves = [call for call, states in saves if states is not None and states["scaler"]]
+        flow = analysis.derived(ControlFlow) if scaler_saves else None
+        for call, states in saves:
+            if states is None or not states["optimizer"] or states["scaler"]:
                 continue
             # The same checkpoint dict saved to several paths (last.pt, best.pt) is one finding.
-            key = (analysis.context(call).function, excerpt(call.args[0], limit=None))
+            function = analysis.context(call).function
+            key = (function, excerpt(call.args[0], limit=None))
             if key in reported:
                 continue
-            states = checkpoint_states(call.args[0], analysis)
-            if states is None or not states["optimizer"] or states["scaler"]:
+            if flow is not None and any(
+                analysis.context(other).function is function and flow.may_share_a_pass(call, other)
+                for other in scaler_saves
+            ):
                 continue
             if uses_scaler or states.get("scaler_owned"):
                 reported.add(key)
