@@ -85,6 +85,37 @@ def cast_dtype(call: ast.Call, resolve: Resolver) -> str | None:
     return None
 
 
+_DEVICE_ONLY_KEYWORDS = frozenset({"device", "non_blocking", "copy", "memory_format"})
+
+
+def moves_device_only(call: ast.Call) -> bool:
+    """``x.cuda()``, ``x.cpu()``, ``x.to(device)``, ``x.to("cuda", non_blocking=True)``: the value moves,
+    its dtype stays. A ``.to(...)`` argument counts as a device when it is a string, an integer, a
+    ``torch.device(...)`` or a name that says device, rank or gpu; ``x.to(other)`` takes ``other``'s
+    dtype, and ``x.to(self.dtype)`` may be any."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return False
+    if func.attr in ("cuda", "cpu"):
+        return not any(kw.arg == "dtype" for kw in call.keywords)
+    if func.attr != "to" or not call.args and not call.keywords:
+        return False
+    return all(_names_a_device(arg) for arg in call.args) and all(
+        kw.arg in _DEVICE_ONLY_KEYWORDS for kw in call.keywords
+    )
+
+
+def _names_a_device(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, int)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Call):
+        func = node.func
+        return isinstance(func, ast.Attribute) and func.attr == "device" or isinstance(func, ast.Name) and func.id == "device"
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    lowered = name.lower()
+    return any(word in lowered for word in ("device", "rank", "gpu"))
+
+
 def has_dtype_argument(call: ast.Call) -> bool:
     """``torch.sum(x, dtype=...)``: the op is told its dtype, so autocast and inputs do not decide it."""
     return any(keyword.arg == "dtype" for keyword in call.keywords)

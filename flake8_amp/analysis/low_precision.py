@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .bindings import Binding, Bindings
 from .dataflow import evaluate
-from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, has_dtype_argument
+from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, has_dtype_argument, moves_device_only
 from .losses import is_loss_call
 from .module_analysis import ModuleAnalysis, call_name
 from .torch_api import CPU_FLOAT32_OPS, CUDA_FLOAT32_OPS, DTYPE_KEEPING_OPS, LOW_PRECISION_DTYPES, NON_FLOAT_RESULTS
@@ -118,8 +118,8 @@ class LowPrecisionFlow:
             if region is not None and self._runs_in_float32(node, region.is_cpu):
                 return None  # autocast runs it in float32, whatever its inputs
             propagated = self._first_origin(self._call_parts(node), origins)
-            if propagated is not None or call_name(node) in DTYPE_KEEPING_OPS:
-                return propagated  # a shape or elementwise op keeps its input's dtype, in autocast too
+            if propagated is not None or call_name(node) in DTYPE_KEEPING_OPS or moves_device_only(node):
+                return propagated  # a shape or elementwise op, or a move to a device, keeps its input's dtype
             return self._autocast_origin(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             return self._first_origin(self._parts(node), origins) or self._autocast_origin(node)
