@@ -136,6 +136,15 @@ def _denies_every_alternative(facts: frozenset[Fact], others: frozenset[Fact]) -
     return any(fact.one_of and all(part.negated in others for part in fact.one_of) for fact in facts)
 
 
+_XLA_DEVICE = re.compile(r"tpu|xla", re.I)
+
+
+def excluded_by_cuda_amp(fact: Fact) -> bool:
+    """A fact every pass of CUDA mixed precision (a GradScaler, CUDA autocast) implies: not on a TPU / XLA
+    device (``if is_torch_tpu_available(): xm.optimizer_step(opt) elif use_amp: scaler.step(opt)``)."""
+    return not fact.holds and bool(_XLA_DEVICE.search(fact.key))
+
+
 def switch_polarity(key: str) -> bool | None:
     """For a precision switch, the truth value that means low precision is on; None for other facts."""
     if _LOW_PRECISION_WORDS.search(key):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterator
 
-from ..analysis.control_flow import ControlFlow, Fact
+from ..analysis.control_flow import ControlFlow, Fact, excluded_by_cuda_amp
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.training_calls import (
     DIRECT_STEP,
@@ -115,7 +115,7 @@ class ScalerUpdateOutOfStep(Rule):
                             f"{scaler}.unscale_() runs on iterations where {scaler}.step() does not, {why}",
                             fix=f"move {scaler}.unscale_() under the same condition as {scaler}.step()",
                         )
-                yield from self._repeated_updates([e for e in events if e.kind == UPDATE], scaler, flow)
+                yield from self._repeated_updates([e for e in events if e.kind == UPDATE], backwards, scaler, flow)
 
     @staticmethod
     def _unscale_pairing(
@@ -126,11 +126,26 @@ class ScalerUpdateOutOfStep(Rule):
         own = [s for s in steps if unscale.optimizer is None or s.optimizer == unscale.optimizer]
         return _guards(own, flow) if own else step_guards
 
-    def _repeated_updates(self, updates: list[TrainingEvent], scaler: str, flow: ControlFlow) -> Iterator[Finding]:
+    def _repeated_updates(
+        self, updates: list[TrainingEvent], backwards: list[TrainingEvent], scaler: str, flow: ControlFlow
+    ) -> Iterator[Finding]:
+        """A second update() on a pass that already ran one, with no backward between them: one update
+        per optimizer after a shared backward, which moves the scale twice for one overflow. After a
+        backward of its own
+        (a GAN's generator, then its discriminator: scale, backward, step, update, twice) it closes a
+        cycle of its own, which is how GradScaler is meant to be used."""
         seen: list[TrainingEvent] = []
         for update in updates:
             loop = flow.enclosing_loop(update.call)
-            if any(loop is flow.enclosing_loop(other.call) and flow.may_share_a_pass(update.call, other.call) for other in seen):
+            if any(
+                loop is flow.enclosing_loop(other.call)
+                and flow.may_share_a_pass(update.call, other.call)
+                and not any(
+                    other.position < backward.position < update.position and flow.may_share_a_pass(backward.call, update.call)
+                    for backward in backwards
+                )
+                for other in seen
+            ):
                 yield self.finding(
                     update.call,
                     f"{scaler}.update() called again in the same iteration",
@@ -150,4 +165,5 @@ def _guards(steps: list[TrainingEvent], flow: ControlFlow) -> list[frozenset[Fac
     ... step() else: step()`` steps whatever ``clip`` is)."""
     facts = [flow.assumptions(step.call) for step in steps]
     every = set().union(*facts) if facts else set()
-    return [frozenset(f for f in own if f.negated not in every) for own in facts]
+    # "not on a TPU" holds wherever the scaler runs at all, so it guards nothing
+    return [frozenset(f for f in own if f.negated not in every and not excluded_by_cuda_amp(f)) for own in facts]
