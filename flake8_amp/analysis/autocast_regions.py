@@ -31,6 +31,8 @@ class AutocastRegion:
     #: ``@custom_fwd(cast_inputs=torch.float32)``: autocast is off in the function and its floating
     #: inputs arrive cast to this dtype
     inputs_dtype: str | None = None
+    #: for an inherited region: whether the function that opens it, or one it calls, steps an optimizer
+    caller_steps: bool = True
 
     @property
     def effective_dtype(self) -> str | None:

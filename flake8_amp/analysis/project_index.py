@@ -40,7 +40,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 7
+_SCHEMA = 8
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -106,6 +106,8 @@ class ProjectIndex:
         self._files: list[Path] | None = None
         self._uses: dict[Path, dict[str, object]] | None = None
         self._any_autocast = False
+        self._autocast_modules: set[Path] = set()
+        self._reached_from_autocast: set[Path] | None = None
         self._any_low_precision = False
         self._mentions: dict[tuple[Path, str], bool] = {}
         self.cache = _DiskCache(root / CACHE_DIRECTORY) if cache else None
@@ -165,6 +167,32 @@ class ProjectIndex:
         """Some module of the project opens an autocast region."""
         self.autocast_uses("")  # reads every module that says "autocast"
         return self._any_autocast
+
+    def reached_from_autocast(self, path: str) -> bool:
+        """Whether a module of the project that opens an autocast region (tests aside: they open one
+        to exercise code on purpose) is ``path``'s module or imports it, directly or through other
+        modules of the project. Code no such module can reach is not run under autocast here."""
+        try:
+            self.autocast_uses("")
+            if self._reached_from_autocast is None:
+                self._reached_from_autocast = self._modules_imported_from(self._autocast_modules)
+            return Path(path).resolve() in self._reached_from_autocast
+        except Exception:  # noqa: BLE001 - an index that cannot answer must not hide a finding
+            return True
+
+    def _modules_imported_from(self, roots: set[Path]) -> set[Path]:
+        reached = set(roots)
+        work = list(roots)
+        visited = 0
+        while work and visited < _MAX_CLOSURE:
+            visited += 1
+            path = work.pop()
+            for module in (self.module_facts(path) or {}).get("imported_modules", ()):
+                target = self._module_path(path, module)
+                if target is not None and target not in reached:
+                    reached.add(target)
+                    work.append(target)
+        return reached
 
     def may_run_low_precision(self) -> bool:
         """Some module of the project, tests included, so much as mentions a low precision (float16,
@@ -358,15 +386,15 @@ class ProjectIndex:
         return self._files
 
     def _compute_autocast_uses(self) -> dict[Path, dict[str, object]]:
-        from .summaries import RegionInfo, _riskier
+        from .summaries import RegionInfo, merged_region_info
 
         uses: dict[Path, dict[str, RegionInfo]] = defaultdict(dict)
         work: list[tuple[Path, str]] = []
 
         def add(path: Path, qualname: str, info: RegionInfo) -> None:
-            known = uses[path].get(qualname)
-            if known is None or _riskier(info, known):
-                uses[path][qualname] = info
+            kept = merged_region_info(uses[path].get(qualname), info)
+            if kept is not None:
+                uses[path][qualname] = kept
                 work.append((path, qualname))
 
         manifest = self.cache.manifest() if self.cache else {}
@@ -399,9 +427,11 @@ class ProjectIndex:
                 self._any_autocast = True
                 continue
             facts = self.module_facts(path)
-            self._any_autocast = self._any_autocast or bool((facts or {}).get("has_autocast"))
-            for reference, device, dtype, line in (facts or {}).get("autocast_calls", ()):
-                info = RegionInfo(device, dtype, f"{key}:{line}")
+            if (facts or {}).get("has_autocast"):
+                self._any_autocast = True
+                self._autocast_modules.add(path)
+            for reference, device, dtype, line, steps in (facts or {}).get("autocast_calls", ()):
+                info = RegionInfo(device, dtype, f"{key}:{line}", steps)
                 for target, qualname in self._targets(path, reference):
                     add(target, qualname, info)
         if changed and self.cache:

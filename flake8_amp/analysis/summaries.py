@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Iterator
 
@@ -67,10 +67,14 @@ class RegionInfo:
     dtype: str | None
     #: where the call that reaches the function is: "line 42" or "train.py:42"
     where: str
+    #: whether the function that opens the region (or one it calls) steps an optimizer: gradients made
+    #: under it may be applied. A region opened only to measure (a batch-size probe running forward and
+    #: backward to time them) steps none.
+    caller_steps: bool = True
 
     @staticmethod
-    def of(region: AutocastRegion, where: str) -> "RegionInfo":
-        return RegionInfo(region.device_type, region.effective_dtype, where)
+    def of(region: AutocastRegion, where: str, caller_steps: bool = True) -> "RegionInfo":
+        return RegionInfo(region.device_type, region.effective_dtype, where, caller_steps)
 
     def as_region(self, function: ast.AST) -> AutocastRegion:
         return AutocastRegion(
@@ -81,6 +85,7 @@ class RegionInfo:
             enabled=None,
             dtype_known=True,
             inherited=True,
+            caller_steps=self.caller_steps,
         )
 
 
@@ -318,18 +323,20 @@ class Summaries:
         work: list[ast.AST] = []
 
         def mark(target: ast.AST, info: RegionInfo) -> None:
-            if target not in marked or _riskier(info, marked[target]):
-                marked[target] = info
+            kept = merged_region_info(marked.get(target), info)
+            if kept is not None:
+                marked[target] = kept
                 work.append(target)
 
         for region in self.analysis.regions:
             if not region.may_be_enabled:
                 continue
             body = region.node.body  # type: ignore[attr-defined]
+            steps = self.region_steps(region)
             for call in self.calls_in(body):
                 reference = self.call_reference(call)
                 for target in self.local_targets(reference) if reference else ():
-                    mark(target, RegionInfo.of(region, f"line {call.lineno}"))
+                    mark(target, RegionInfo.of(region, f"line {call.lineno}", steps))
         project = self.analysis.project
         if project is not None and self.analysis.path:
             for qualname, info in project.autocast_uses(self.analysis.path).items():
@@ -343,6 +350,38 @@ class Summaries:
                 for target in self.local_targets(reference) if reference else ():
                     mark(target, info)
         return marked
+
+    def region_steps(self, region: AutocastRegion) -> bool:
+        """Whether the function that opens ``region`` steps an optimizer, itself or through the
+        functions of the project it calls (module-level code: assumed to)."""
+        function = self.function_of(region.node)
+        return self.steps(function) if isinstance(function, FunctionNode) else True
+
+    def steps(self, function: ast.AST) -> bool:
+        """Whether ``function`` steps an optimizer: it calls something whose name says so (``.step()``,
+        ``optimizer_step()``, a wrapper's ``train_step()``), or a function of this module that does, or
+        one of another module of the project that does itself. Read from the calls alone (not from
+        what runs under autocast, which asks this question)."""
+        return bool(evaluate(function, self._fact_parts, self._combine_steps, self._steps, self._steps_pending))
+
+    @cached_property
+    def _steps(self) -> dict[object, bool]:
+        return {}
+
+    @cached_property
+    def _steps_pending(self) -> set[object]:
+        return set()
+
+    def _combine_steps(self, function: object, known: dict) -> bool:
+        if self._calls_a_step(function):  # type: ignore[arg-type]
+            return True
+        if any(known.get(target, True) for target in self._fact_parts(function)):
+            return True  # a callee of this module that steps (or one still being asked: a cycle)
+        return any(
+            (self._foreign_facts(reference) or {}).get("steps", False)
+            for reference in self._references(function)  # type: ignore[arg-type]
+            if not reference.startswith(LOCAL)
+        )
 
     # ---------------------------------------------------------------- function facts
     def facts(self, function: ast.AST) -> dict:
@@ -385,6 +424,11 @@ class Summaries:
             "autocast_float32_ops": self._runs_autocast_float32_ops(function, summarised)
             or any(c.get("autocast_float32_ops", True) for c in callees),
         }
+
+    def _calls_a_step(self, function: ast.AST) -> bool:
+        """A call whose name says it steps (``.step()``, ``optimizer_step()``, ``train_step()``) that the
+        training analysis does not place: a wrapper's, a framework's."""
+        return any("step" in (call_name(call) or "").lower() for call in self.calls_in(function.body))  # type: ignore[attr-defined]
 
     def _runs_autocast_float32_ops(self, function: ast.AST, summarised: set[str]) -> bool:
         """The function runs an op that CUDA autocast would run in float32 (a torch loss, softmax,
@@ -554,6 +598,7 @@ class Summaries:
             if isinstance(node, FunctionNode):
                 facts = dict(self.facts(node))
                 facts["calls"] = sorted(set(self._references(node)))
+                facts["steps"] = self.steps(node)
                 states = self.returned_states(node) if name.rpartition(".")[2] != "state_dict" else None
                 if states is not None:
                     facts["returns_states"] = states
@@ -569,14 +614,30 @@ class Summaries:
                 for call in self.calls_in(region.node.body):  # type: ignore[attr-defined]
                     reference = self.call_reference(call)
                     if reference is not None:
-                        autocast_calls.append([reference, region.device_type, region.effective_dtype, call.lineno])
+                        autocast_calls.append(
+                            [reference, region.device_type, region.effective_dtype, call.lineno, self.region_steps(region)]
+                        )
         return {
             "functions": functions,
             "classes": classes,
             "autocast_calls": autocast_calls,
             "has_autocast": self.analysis.uses_autocast,
             "imports": self.analysis.imports.bindings(),
+            "imported_modules": self._imported_modules(),
         }
+
+    def _imported_modules(self) -> list[str]:
+        """Every module name an import statement may load: ``import a.b`` -> ``a.b``; ``from .c import d``
+        -> ``.c`` and ``.c.d`` (``d`` may be a submodule)."""
+        found: set[str] = set()
+        for node in self.analysis.nodes(ast.Import):
+            found.update(alias.name for alias in node.names)
+        for node in self.analysis.nodes(ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            found.add(module)
+            separator = "" if module.endswith(".") else "."
+            found.update(module + separator + alias.name for alias in node.names if alias.name != "*")
+        return sorted(found)
 
     def _base_reference(self, base: ast.AST) -> str | None:
         cls = self.local_class(base)
@@ -597,6 +658,16 @@ def _strip_module_methods(call: ast.Call) -> ast.Call:
     ):
         call = call.func.value
     return call
+
+
+def merged_region_info(old: RegionInfo | None, new: RegionInfo) -> RegionInfo | None:
+    """What a function reached from one more call site under autocast knows: the riskier region's
+    settings, and whether any of the sites steps an optimizer. None when nothing changes."""
+    if old is None:
+        return new
+    kept = new if _riskier(new, old) else old
+    kept = replace(kept, caller_steps=old.caller_steps or new.caller_steps)
+    return kept if kept != old else None
 
 
 def _riskier(new: RegionInfo, old: RegionInfo) -> bool:

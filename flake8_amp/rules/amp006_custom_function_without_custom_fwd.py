@@ -415,11 +415,14 @@ def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
 
 
 def _autocast_in_play(analysis: ModuleAnalysis, summaries: Summaries) -> bool:
-    """This module or another of its project opens an autocast region (a project that never does, like
-    one that casts its models by hand, runs no Function under autocast); a file linted alone may be."""
+    """This module opens an autocast region, or one of the project's modules that opens one imports it,
+    directly or through others (a project that never opens one, like one that casts its models by hand,
+    runs no Function under autocast; nor does a module that only scripts without it import); a file
+    linted alone may be."""
     if analysis.uses_autocast or summaries.runs_under_autocast:
         return True
-    return analysis.project is None or analysis.project.uses_autocast()
+    project = analysis.project
+    return project is None or not analysis.path or project.uses_autocast() and project.reached_from_autocast(analysis.path)
 
 
 def _used_under_autocast(cls: ast.ClassDef, summaries: Summaries) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.summaries import Summaries
 from ..analysis.training_calls import AUTOGRAD_ENTRY_POINTS, TrainingCalls
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict
 from .base import Finding, Rule, Severity
@@ -40,13 +42,22 @@ class BackwardInsideAutocast(Rule):
             context = analysis.context(call)
             if not context.in_enabled_autocast:
                 continue
+            region = context.innermost_region
+            if region is not None and region.inherited and not region.caller_steps and not _steps(context.function, analysis):
+                continue  # a probe that runs backward to time it or measure memory: no optimizer applies it
             training = training or analysis.derived(TrainingCalls)
-            where = context.innermost_region.reason()  # type: ignore[union-attr]
+            where = region.reason()  # type: ignore[union-attr]
             if training.is_tensor_backward(call):
                 yield self.finding(call, f"backward() inside an autocast region{where}")
             elif analysis.resolve(call.func) in AUTOGRAD_ENTRY_POINTS:
                 name = analysis.resolve(call.func)
                 yield self.finding(call, f"{name}() inside an autocast region{where}")
+
+
+def _steps(function: ast.AST | None, analysis: ModuleAnalysis) -> bool:
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return True
+    return analysis.derived(Summaries).steps(function)
 
 
 #: words of the errors torch raises when tensors of two dtypes meet

@@ -199,3 +199,25 @@ def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):
     (root / "tests" / "test_model.py").write_text("# runs the model in fp16 too\n")
     assert ProjectIndex(root).may_run_low_precision() is True
     ProjectIndex._instances.clear()
+
+
+def test_which_modules_a_module_opening_autocast_imports(tmp_path):
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "setup.cfg").write_text("")
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "kernels.py").write_text("import torch\n")
+    (root / "pkg" / "model.py").write_text("import torch\nfrom .kernels import *\nfrom pkg import layers\n")
+    (root / "pkg" / "layers.py").write_text("import torch\n")
+    (root / "pkg" / "fused.py").write_text("import torch\n")
+    (root / "train.py").write_text('import torch\nimport pkg.model\n\nwith torch.autocast("cuda"):\n    pass\n')
+    (root / "bf16_train.py").write_text("import torch\nfrom pkg.fused import op\n")
+    # a test opens autocast to exercise code on purpose: what it imports is no evidence
+    (root / "tests" / "test_fused.py").write_text('import torch\nfrom pkg.fused import op\n\nwith torch.autocast("cuda"):\n    op()\n')
+    ProjectIndex._instances.clear()
+    index = ProjectIndex(root)
+    reached = {path.name for path in root.rglob("*.py") if index.reached_from_autocast(str(path))}
+    # through `import pkg.model`, then its relative and `from pkg import` imports (which load the package)
+    assert reached == {"train.py", "model.py", "kernels.py", "layers.py", "__init__.py"}
+    ProjectIndex._instances.clear()

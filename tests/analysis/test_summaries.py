@@ -135,8 +135,10 @@ def test_module_facts_are_plain_data_for_the_disk_cache():
         {"@distillation_term", "@scaled_backward"} | set(facts["functions"]["train_step"]["calls"])
     )
     assert facts["classes"]["Net"]["bases"] == ["torch.nn.Module"]
-    assert ["@Net.__call__", "cuda", "float16", 65] in facts["autocast_calls"]
+    # the call under float16 autocast at line 65, in a function that steps no optimizer (run() only infers)
+    assert ["@Net.__call__", "cuda", "float16", 65, False] in facts["autocast_calls"]
     assert facts["imports"]["FusedDense"] == ".ops.FusedDense"
+    assert {".ops", ".ops.FusedDense", "torch", "torch.nn", "torch.nn.functional"} <= set(facts["imported_modules"])
 
 
 FLOAT32_SOURCE = '''
@@ -195,3 +197,37 @@ def test_whether_a_function_runs_an_op_autocast_would_run_in_float32():
     # cosine_similarity is on the list; elementwise ops, clamp, maximum and mean are not (through_ppo asks
     # ppo_loss); `**` is pow, on the list; a package's function may run anything
     assert runs == {"compute_loss": True, "ppo_loss": False, "through_ppo": False, "squared": True, "via_a_package": True}
+
+
+def test_whether_a_function_steps_an_optimizer():
+    source = textwrap.dedent('''
+        import time
+        from .trainer import optimizer_step
+
+
+        def probe(model, x):
+            start = time.perf_counter()
+            model(x).sum().backward()
+            return time.perf_counter() - start
+
+
+        def measure(model, x):
+            return probe(model, x)
+
+
+        def train(model, optimizer, x):
+            model(x).sum().backward()
+            optimizer.step()
+
+
+        def train_through_a_helper(model, x):
+            measure(model, x)
+            optimizer_step(model)
+
+
+        def loop(model, optimizer, x):
+            train(model, optimizer, x)
+    ''')
+    found = ModuleAnalysis(ast.parse(source)).derived(Summaries)
+    steps = {name: found.steps(node) for name, node in found.definitions.items()}
+    assert steps == {"probe": False, "measure": False, "train": True, "train_through_a_helper": True, "loop": True}
