@@ -35,6 +35,7 @@ import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 from .. import __version__
 
@@ -179,6 +180,34 @@ class ProjectIndex:
             return Path(path).resolve() in self._reached_from_autocast
         except Exception:  # noqa: BLE001 - an index that cannot answer must not hide a finding
             return True
+
+    def trained_only_without_autocast(self, path: str) -> bool:
+        """No module that opens autocast reaches ``path``'s module, and a module of the project that trains
+        (its own trainer, which never opens autocast) imports it: the project runs this code, and runs
+        it without autocast. A library module whose users are outside the project is not."""
+        try:
+            if self.reached_from_autocast(path):
+                return False
+            target = Path(path).resolve()
+            return any((self.module_facts(importer) or {}).get("trains") for importer in self._importers(target))
+        except Exception:  # noqa: BLE001 - an index that cannot answer must not hide a finding
+            return False
+
+    def _importers(self, target: Path) -> Iterator[Path]:
+        """The project's modules (tests aside) that import ``target``, found by its name in their text."""
+        name = (target.parent.name if target.name == "__init__.py" else target.stem).encode()
+        for path in self.python_files():
+            path = path.resolve()
+            if path == target or is_test_module(path, self.root):
+                continue
+            try:
+                if name not in path.read_bytes():
+                    continue
+            except OSError:
+                continue
+            modules = (self.module_facts(path) or {}).get("imported_modules", ())
+            if any(self._module_path(path, module) == target for module in modules):
+                yield path
 
     def _modules_imported_from(self, roots: set[Path]) -> set[Path]:
         reached = set(roots)

@@ -624,7 +624,15 @@ class Summaries:
             "has_autocast": self.analysis.uses_autocast,
             "imports": self.analysis.imports.bindings(),
             "imported_modules": self._imported_modules(),
+            "trains": any(facts.get("trains") for facts in functions.values()) or self._trains_at_module_level(),
         }
+
+    def _trains_at_module_level(self) -> bool:
+        """A script's top level runs backward or steps an optimizer (a training loop outside functions)."""
+        return any(
+            (name := call_name(call) or "") == "backward" or "step" in name.lower()
+            for call in self.calls_in(self.analysis.tree.body)
+        )
 
     def _imported_modules(self) -> list[str]:
         """Every module name an import statement may load: ``import a.b`` -> ``a.b``; ``from .c import d``

@@ -415,14 +415,16 @@ def _calls_an_extension(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
 
 
 def _autocast_in_play(analysis: ModuleAnalysis, summaries: Summaries) -> bool:
-    """This module opens an autocast region, or one of the project's modules that opens one imports it,
-    directly or through others (a project that never opens one, like one that casts its models by hand,
-    runs no Function under autocast; nor does a module that only scripts without it import); a file
-    linted alone may be."""
+    """This module opens an autocast region, or the project does somewhere and does not run this module
+    only without it (a project that never opens one, like one that casts its models by hand, runs no
+    Function under autocast; nor does one whose own trainer imports the module and never opens autocast,
+    while no module that opens it reaches this one); a file linted alone may be."""
     if analysis.uses_autocast or summaries.runs_under_autocast:
         return True
     project = analysis.project
-    return project is None or not analysis.path or project.uses_autocast() and project.reached_from_autocast(analysis.path)
+    if project is None or not analysis.path:
+        return True
+    return project.uses_autocast() and not project.trained_only_without_autocast(analysis.path)
 
 
 def _used_under_autocast(cls: ast.ClassDef, summaries: Summaries) -> bool:
