@@ -287,6 +287,32 @@ def test_the_analysis_of_a_module_is_freed_as_soon_as_it_is_linted(monkeypatch):
         gc.enable()
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_while_a_module_is_linted_and_left_as_found(monkeypatch, enabled):
+    states = []
+
+    class Observed(ModuleAnalysis):
+        def __init__(self, *args, **kwargs):
+            states.append(gc.isenabled())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "ModuleAnalysis", Observed)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        lint_source("import torch\nx = torch.ones(2).half()\n")
+        assert states == [False] and gc.isenabled() is enabled
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(engine, "ModuleAnalysis", broken)
+        with pytest.raises(RuntimeError):
+            lint_source("import torch\n")
+        assert gc.isenabled() is enabled  # restored on the way out of a failure too
+    finally:
+        gc.enable()
+
+
 # ---------------------------------------------------------------- engine and adapter
 def test_a_file_that_never_mentions_torch_is_not_analysed(monkeypatch):
     def fail(*args, **kwargs):
