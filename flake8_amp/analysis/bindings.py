@@ -446,11 +446,17 @@ def _inside_body(child: ast.AST, scope: ast.AST) -> bool:
 
 def _bound_by_comprehension(node: ast.AST, key: str, analysis: ModuleAnalysis) -> bool:
     """``[x.half() for x in xs]``: ``x`` belongs to the comprehension, not to the function."""
+    return comprehension_iterable(node, key, analysis) is not None
+
+
+def comprehension_iterable(node: ast.AST, key: str, analysis: ModuleAnalysis) -> ast.expr | None:
+    """``xs`` for ``x`` in ``[f(x) for x in xs]``: the iterable whose elements a comprehension binds
+    ``key`` to, or None where no comprehension around ``node`` binds it."""
     parent = analysis.parents.get(node)
     while parent is not None and not isinstance(parent, (ast.stmt, *FunctionScope)):
         if isinstance(parent, _COMPREHENSIONS):
             for generator in parent.generators:
                 if any(isinstance(t, ast.Name) and t.id == key for t in ast.walk(generator.target)):
-                    return True
+                    return generator.iter
         parent = analysis.parents.get(parent)
-    return False
+    return None

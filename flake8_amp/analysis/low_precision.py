@@ -19,7 +19,7 @@ import ast
 import builtins
 from dataclasses import dataclass
 
-from .bindings import Binding, Bindings
+from .bindings import Binding, Bindings, comprehension_iterable
 from .dataflow import evaluate
 from .dtypes import FRESH_TENSOR_FUNCTIONS, cast_dtype, has_dtype_argument, moves_device_only
 from .losses import is_loss_call
@@ -66,7 +66,12 @@ class LowPrecisionFlow:
                 return [*self.bindings.reaching(node.value.target), node.value.value]
             return [node.value]
         if isinstance(node, ast.Name):
-            return list(self.bindings.reaching(node))
+            reaching = list(self.bindings.reaching(node))
+            if not reaching:
+                # `[criterion(o, y) for o in outputs]`: an element has the precision of the list
+                iterable = comprehension_iterable(node, node.id, self.analysis)
+                return [iterable] if iterable is not None else []
+            return reaching
         if isinstance(node, (ast.Attribute, ast.Subscript)):
             return [] if _names_a_loss(node) else [node.value]
         if isinstance(node, ast.Starred):
@@ -83,6 +88,8 @@ class LowPrecisionFlow:
             return [node.body, node.orelse]
         if isinstance(node, (ast.Tuple, ast.List)):
             return list(node.elts)
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            return [node.elt]  # `[classifier(o) for o in feats]` holds what classifier() returns
         if isinstance(node, ast.Call):
             return self._call_parts(node)
         return []

@@ -53,7 +53,10 @@ class CheckpointWithoutScalerState(Rule):
         yield from self._state_dict_methods(analysis)
 
     def _saved_checkpoints(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
-        uses_scaler = analysis.derived(TrainingCalls).uses_grad_scaler
+        training = analysis.derived(TrainingCalls)
+        # a GradScaler built here, or one handed in that the module uses (`scaler.scale(loss).backward()`,
+        # `scaler.unscale_(optimizer)`): the trainer of a project that builds it in main.py
+        uses_scaler = training.uses_grad_scaler or bool(training.scalers)
         reported: set[tuple[ast.AST | None, str]] = set()
         saves = [(call, checkpoint_states(call.args[0], analysis)) for call in analysis.calls_to({"torch.save"}) if call.args]
         # A checkpoint may be a folder of files (transformers' Trainer writes optimizer.pt and, beside it,

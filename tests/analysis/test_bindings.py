@@ -115,3 +115,14 @@ def test_reads_reached_by_is_the_reverse_of_reaching():
 def test_alternatives_of_conditional_values():
     value = ast.parse("a if c else (b or d)", mode="eval").body
     assert [ast.unparse(v) for v in alternatives(value)] == ["a", "b", "d"]
+
+
+def test_the_iterable_a_comprehension_binds_a_name_to():
+    from flake8_amp.analysis.bindings import comprehension_iterable
+
+    tree = ast.parse("def f(outputs, y):\n    return [g(o, y) for os in outputs for o in os]\n")
+    analysis = ModuleAnalysis(tree)
+    names = {node.id: node for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    assert ast.unparse(comprehension_iterable(names["o"], "o", analysis)) == "os"
+    assert ast.unparse(comprehension_iterable(names["os"], "os", analysis)) == "outputs"
+    assert comprehension_iterable(names["y"], "y", analysis) is None  # a parameter, not the comprehension's
