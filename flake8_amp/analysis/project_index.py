@@ -41,14 +41,14 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 8
+_SCHEMA = 9
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
 #: a cap on the functions the autocast closure visits, and on re-export and base-class chains
 _MAX_CLOSURE = 20_000
 _MAX_CHAIN = 4
-_FLAGS = ("trains", "scales_loss", "steps_scaler", "computes_loss", "returns_half")
+_FLAGS = ("trains", "scales_loss", "steps_scaler", "computes_loss", "returns_half", "steps")
 
 
 _TEST_MODULE = re.compile(r"^(test_.*|.*_test|tests?|conftest)\.py$")
@@ -376,19 +376,26 @@ class ProjectIndex:
             entries = [(found[0], found[1])]
         else:
             return None
-        merged = {flag: False for flag in _FLAGS}
+        merged: dict = {flag: False for flag in _FLAGS}
+        # the function's own facts; for an instance call, `__call__` and `forward` must both agree
+        positions = [set(entry.get("float32_parameters") or ()) for entry, _ in entries]
+        merged["float32_parameters"] = sorted(set.intersection(*positions)) if positions else []
+        merged["autocast_float32_ops"] = any(entry.get("autocast_float32_ops", True) for entry, _ in entries)
         for entry, path in entries:
             for flag in _FLAGS:
                 merged[flag] = merged[flag] or bool(entry.get(flag))
             if "returns_states" in entry:
                 merged["returns_states"] = entry["returns_states"]
-            if not all(merged[flag] for flag in ("trains", "scales_loss")):
+            if not all(merged[flag] for flag in ("trains", "scales_loss", "steps")):
                 for callee in entry.get("calls", ()):
                     if callee.startswith("@"):
                         continue
                     chased = self._function_facts(path, callee, depth + 1)
-                    for flag in ("trains", "scales_loss", "steps_scaler"):
+                    for flag in ("trains", "scales_loss", "steps_scaler", "steps"):
                         merged[flag] = merged[flag] or bool(chased and chased.get(flag))
+                    merged["autocast_float32_ops"] = merged["autocast_float32_ops"] or bool(
+                        chased is None or chased.get("autocast_float32_ops", True)
+                    )
         return merged
 
     # ---------------------------------------------------------------- autocast, project-wide

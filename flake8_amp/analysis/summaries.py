@@ -460,8 +460,10 @@ class Summaries:
 
     def _float32_parameters(self, function: ast.AST) -> list[int]:
         """The positions, in a call, of the parameters the function only ever reads through a cast to
-        float32 or float64 (``def compute_loss(output, label): return f(output.float(), label.float())``):
-        a float16 argument there is computed with in float32."""
+        float32 or float64 (``def compute_loss(output, label): return f(output.float(), label.float())``,
+        ``z = z.float()`` first), also element by element (``for real, fake in zip(reals, fakes): real =
+        real.float()``, as VITS's GAN losses read lists of discriminator outputs): a float16 argument there
+        is computed with in float32."""
         arguments = function.args  # type: ignore[attr-defined]
         positional = [*arguments.posonlyargs, *arguments.args]
         is_method = self._enclosing_class(function) is not None and not any(
@@ -469,26 +471,67 @@ class Summaries:
         )
         if is_method:
             positional = positional[1:]
-        names = {argument.arg: index for index, argument in enumerate(positional)}
-        reads: dict[str, list[ast.Name]] = {name: [] for name in names}
+        loads: dict[str, list[ast.Name]] = {}
         for node in ast.walk(function):
-            if isinstance(node, ast.Name) and node.id in reads:
-                if not isinstance(node.ctx, ast.Load):
-                    names.pop(node.id, None)  # rebound: what it holds later is not the argument
-                reads[node.id].append(node)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                loads.setdefault(node.id, []).append(node)
+        return [
+            index
+            for index, argument in enumerate(positional)
+            if self._read_only_as_float32(function, argument.arg, loads, 0)
+        ]
+
+    def _read_only_as_float32(self, owner: ast.AST, name: str, loads: dict[str, list[ast.Name]], depth: int) -> bool:
+        """Every read of ``name`` that the binding made by ``owner`` (the function, for a parameter; a
+        ``for`` statement, for its target) reaches is a cast to float32, or the iterable of a ``for``
+        (directly or through ``zip`` / ``enumerate``) whose targets are read only so in turn."""
+        if depth > 3:
+            return False
+        uses = [use for use in loads.get(name, ()) if any(b.statement is owner for b in self.bindings.reaching(use))]
+        if not uses:
+            return False
         parents = self.analysis.parents
-        found = []
-        for name, index in names.items():
-            uses = reads[name]
-            if uses and all(
-                isinstance(parent := parents.get(use), ast.Attribute)
-                and isinstance(call := parents.get(parent), ast.Call)
-                and call.func is parent
-                and cast_dtype(call, self.analysis.resolve) in ("float32", "float64")
-                for use in uses
-            ):
-                found.append(index)
-        return sorted(found)
+        for use in uses:
+            parent = parents.get(use)
+            if isinstance(parent, ast.Attribute):
+                call = parents.get(parent)
+                if isinstance(call, ast.Call) and call.func is parent and cast_dtype(call, self.analysis.resolve) in ("float32", "float64"):
+                    continue
+                return False
+            loop, target = self._loop_over(use)
+            if loop is None or target is None:
+                return False
+            targets = [t.id for t in ast.walk(target) if isinstance(t, ast.Name)]
+            if not targets or not all(self._read_only_as_float32(loop, t, loads, depth + 1) for t in targets):
+                return False
+        return True
+
+    def _loop_over(self, use: ast.Name) -> tuple[ast.AST | None, ast.AST | None]:
+        """(the ``for`` statement, the part of its target) that iterating ``use`` binds: ``for x in use``
+        -> x; ``for a, b in zip(p, use)`` -> b; ``for i, x in enumerate(use)`` -> x."""
+        parents = self.analysis.parents
+        parent = parents.get(use)
+        if isinstance(parent, (ast.For, ast.AsyncFor)) and parent.iter is use:
+            return parent, parent.target
+        if not (isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and use in parent.args):
+            return None, None
+        loop = parents.get(parent)
+        if not (isinstance(loop, (ast.For, ast.AsyncFor)) and loop.iter is parent and isinstance(loop.target, ast.Tuple)):
+            return None, None
+        position = parent.args.index(use)
+        if parent.func.id == "zip" and len(loop.target.elts) == len(parent.args):
+            return loop, loop.target.elts[position]
+        if parent.func.id == "enumerate" and position == 0 and len(loop.target.elts) == 2:
+            return loop, loop.target.elts[1]
+        return None, None
+
+    def casts_argument_to_float32(self, call: ast.Call, arg: ast.expr) -> bool:
+        """The callee (of this module or, through the project index, another) reads the parameter ``arg``
+        is passed to only through ``.float()`` (or another cast to float32): it computes in float32."""
+        if arg not in call.args:
+            return False
+        facts = self.callee_facts(call)
+        return bool(facts) and call.args.index(arg) in (facts.get("float32_parameters") or ())
 
     def _foreign_facts(self, reference: str) -> dict | None:
         project = self.analysis.project

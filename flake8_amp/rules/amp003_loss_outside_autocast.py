@@ -46,15 +46,18 @@ class LossOutsideAutocast(Rule):
             if analysis.context(call).in_enabled_autocast or not call.args and not call.keywords:
                 continue
             origins = [(arg, flow.origin(arg)) for arg in [*call.args, *(kw.value for kw in call.keywords)]]
-            found = next(((arg, origin) for arg, origin in origins if origin is not None and origin.kind == "autocast"), None)
-            if found is None or not is_loss_call(call, analysis):
+            low = [(arg, origin) for arg, origin in origins if origin is not None and origin.kind == "autocast"]
+            if not low or not is_loss_call(call, analysis):
                 continue
-            arg, origin = found
+            summaries = analysis.derived(Summaries)
+            # `compute_loss(outputs, labels)` whose first step is `outputs.float()`: that one is float32
+            low = [(arg, origin) for arg, origin in low if not summaries.casts_argument_to_float32(call, arg)]
+            if not low:
+                continue
+            arg, origin = low[0]
             if origin.without_grad:
                 continue  # made under no_grad: a loss on it is a metric, nothing backpropagates through it
-            if _cast_by_the_callee(call, arg, analysis):
-                continue  # `compute_loss(outputs, labels)` whose first step is `outputs.float()`
-            facts = analysis.derived(Summaries).callee_facts(call)
+            facts = summaries.callee_facts(call)
             if facts is not None and facts.get("autocast_float32_ops") is False:
                 continue  # elementwise ops and a mean (a PPO objective): autocast would not change them
             yield self.finding(
@@ -63,12 +66,3 @@ class LossOutsideAutocast(Rule):
                 f"the autocast block (line {origin.line})",
                 fix=f"compute the loss inside the block, or pass {as_operand(arg)}.float()",
             )
-
-
-def _cast_by_the_callee(call: ast.Call, arg: ast.expr, analysis: ModuleAnalysis) -> bool:
-    """The callee (of this module or, through the project index, another) reads the parameter ``arg`` is
-    passed to only through ``.float()`` (or another cast to float32): the loss runs in float32."""
-    if arg not in call.args:
-        return False
-    facts = analysis.derived(Summaries).callee_facts(call)
-    return bool(facts) and call.args.index(arg) in (facts.get("float32_parameters") or ())

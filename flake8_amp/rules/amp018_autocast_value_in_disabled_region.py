@@ -7,6 +7,7 @@ from typing import Iterator
 
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.summaries import Summaries
 from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
 
@@ -66,4 +67,6 @@ class AutocastValueInDisabledRegion(Rule):
             return True
         if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id in _HARMLESS_CALLS:
             return True
+        if isinstance(parent, ast.Call) and analysis.derived(Summaries).casts_argument_to_float32(parent, name):
+            return True  # `discriminator_loss(outs_real, outs_fake)`, which starts with `.float()` of each
         return isinstance(parent, (ast.Compare, ast.BoolOp)) or (isinstance(parent, ast.Assign) and parent.value is name)

@@ -160,6 +160,30 @@ def rebinds(output):
     return output.mean()
 
 
+def rebinds_after_a_raw_read(output):
+    peak = output.abs().max()
+    output = output.float()
+    return output.mean() / peak
+
+
+def gan_loss(real_outputs, fake_outputs, weights):
+    loss = 0
+    for real, fake in zip(real_outputs, fake_outputs):
+        real = real.float()
+        loss += torch.mean((1 - real) ** 2) + torch.mean(fake.float() ** 2)
+    for i, w in enumerate(weights):
+        loss = loss * w
+    return loss
+
+
+def feature_loss(maps_real, maps_fake):
+    loss = 0
+    for real, fake in zip(maps_real, maps_fake):
+        for r, g in zip(real, fake):
+            loss += torch.mean(torch.abs(r.float().detach() - g.float()))
+    return loss
+
+
 class Criterion:
     def loss(self, logits, target):
         return F.cross_entropy(logits.float(), target.float())
@@ -185,9 +209,20 @@ def via_a_package(x):
 def test_a_parameter_read_only_through_a_float32_cast_is_a_fact_of_its_function():
     analysis = ModuleAnalysis(ast.parse(FLOAT32_SOURCE))
     found = analysis.derived(Summaries)
-    facts = {name: found.facts(function(found, name))["float32_parameters"] for name in ("compute_loss", "half_cast_one", "rebinds", "Criterion.loss")}
-    # positions in a call: a method's self is not one of them; a rebound parameter is not the argument
-    assert facts == {"compute_loss": [0, 1], "half_cast_one": [0], "rebinds": [], "Criterion.loss": [0, 1]}
+    names = ("compute_loss", "half_cast_one", "rebinds", "rebinds_after_a_raw_read", "Criterion.loss", "gan_loss", "feature_loss")
+    facts = {name: found.facts(function(found, name))["float32_parameters"] for name in names}
+    # positions in a call: a method's self is not one of them; `x = x.float()` reads the argument through
+    # a cast (later reads see the float32 value), unless the argument was read raw before; lists read
+    # element by element through zip(), and nested; `weights` is multiplied with as it comes
+    assert facts == {
+        "compute_loss": [0, 1],
+        "half_cast_one": [0],
+        "rebinds": [0],
+        "rebinds_after_a_raw_read": [],
+        "Criterion.loss": [0, 1],
+        "gan_loss": [0, 1],
+        "feature_loss": [0, 1],
+    }
 
 
 def test_whether_a_function_runs_an_op_autocast_would_run_in_float32():
