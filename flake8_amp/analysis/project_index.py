@@ -41,7 +41,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 9
+_SCHEMA = 10
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -381,6 +381,8 @@ class ProjectIndex:
         positions = [set(entry.get("float32_parameters") or ()) for entry, _ in entries]
         merged["float32_parameters"] = sorted(set.intersection(*positions)) if positions else []
         merged["autocast_float32_ops"] = any(entry.get("autocast_float32_ops", True) for entry, _ in entries)
+        merged["saves_optimizer_without_scaler"] = any(entry.get("saves_optimizer_without_scaler") for entry, _ in entries)
+        merged["saved_parameters"] = sorted({i for entry, _ in entries for i in entry.get("saved_parameters") or ()})
         for entry, path in entries:
             for flag in _FLAGS:
                 merged[flag] = merged[flag] or bool(entry.get(flag))

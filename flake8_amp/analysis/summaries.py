@@ -159,7 +159,8 @@ class Summaries:
             return f"{qualified}.forward" if qualified else None
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("self", "cls"):
             owner = self._enclosing_class(call)
-            if owner is not None and self.method(owner, func.attr) is not None:
+            if owner is not None and owner in self.qualname_of and self.method(owner, func.attr) is not None:
+                # (a class defined inside a function has no qualified name here: what it runs is not said)
                 return f"{LOCAL}{self.qualname_of[owner]}.{func.attr}"
         instance = self._instance_class(func)
         if instance is not None:
@@ -421,6 +422,7 @@ class Summaries:
             "computes_loss": self._returns(function, self._is_loss_value),
             "returns_half": self._returns(function, self._is_half_value),
             "float32_parameters": self._float32_parameters(function),
+            "saved_parameters": self._saved_parameters(function),
             "autocast_float32_ops": self._runs_autocast_float32_ops(function, summarised)
             or any(c.get("autocast_float32_ops", True) for c in callees),
         }
@@ -480,6 +482,25 @@ class Summaries:
             for index, argument in enumerate(positional)
             if self._read_only_as_float32(function, argument.arg, loads, 0)
         ]
+
+    def _saved_parameters(self, function: ast.AST) -> list[int]:
+        """The positions, in a call, of the parameters the function hands to ``torch.save`` as the
+        object to save (``def save_checkpoint(state, is_best, save_dir): torch.save(state, path)``)."""
+        arguments = function.args  # type: ignore[attr-defined]
+        positional = [argument.arg for argument in (*arguments.posonlyargs, *arguments.args)]
+        if self._enclosing_class(function) is not None and not any(
+            isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list  # type: ignore[attr-defined]
+        ):
+            positional = positional[1:]
+        found = set()
+        for call in self.calls_in(function.body):  # type: ignore[attr-defined]
+            if not call.args or not isinstance(call.args[0], ast.Name) or call.args[0].id not in positional:
+                continue
+            if self.analysis.resolve(call.func) != "torch.save":
+                continue
+            if any(binding.statement is function for binding in self.bindings.reaching(call.args[0])):
+                found.add(positional.index(call.args[0].id))
+        return sorted(found)
 
     def _read_only_as_float32(self, owner: ast.AST, name: str, loads: dict[str, list[ast.Name]], depth: int) -> bool:
         """Every read of ``name`` that the binding made by ``owner`` (the function, for a parameter; a
@@ -637,11 +658,13 @@ class Summaries:
         """What other modules may ask of this one, as plain data (cached on disk by the index)."""
         functions = {}
         classes = {}
+        saving = self._saves_optimizer_without_scaler()
         for name, node in self.definitions.items():
             if isinstance(node, FunctionNode):
                 facts = dict(self.facts(node))
                 facts["calls"] = sorted(set(self._references(node)))
                 facts["steps"] = self.steps(node)
+                facts["saves_optimizer_without_scaler"] = node in saving
                 states = self.returned_states(node) if name.rpartition(".")[2] != "state_dict" else None
                 if states is not None:
                     facts["returns_states"] = states
@@ -676,6 +699,28 @@ class Summaries:
             (name := call_name(call) or "") == "backward" or "step" in name.lower()
             for call in self.calls_in(self.analysis.tree.body)
         )
+
+    def _saves_optimizer_without_scaler(self) -> set[ast.AST]:
+        """The functions that ``torch.save`` a checkpoint holding an optimizer's state but no GradScaler's,
+        in a module that has no GradScaler of its own (where it has one, AMP020 reports the save itself):
+        a checkpoint helper (``utils.save_checkpoint(model, optimizer, lr, epoch, path)``) that a trainer
+        with a scaler calls."""
+        from .checkpoints import checkpoint_states
+
+        training = self.analysis.derived(TrainingCalls)
+        if training.uses_grad_scaler or training.scalers:
+            return set()
+        found = set()
+        for call in self.analysis.calls_to({"torch.save"}):
+            if not call.args:
+                continue
+            function = self.function_of(call)
+            if function is None or function in found:
+                continue
+            states = checkpoint_states(call.args[0], self.analysis)
+            if states is not None and states["optimizer"] and not states["scaler"]:
+                found.add(function)
+        return found
 
     def _imported_modules(self) -> list[str]:
         """Every module name an import statement may load: ``import a.b`` -> ``a.b``; ``from .c import d``

@@ -7,9 +7,9 @@ from typing import Iterator
 
 from ..analysis.checkpoints import checkpoint_states
 from ..analysis.control_flow import ControlFlow
-from ..analysis.module_analysis import ModuleAnalysis
+from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import excerpt
-from ..analysis.summaries import Summaries
+from ..analysis.summaries import LOCAL, Summaries
 from ..analysis.training_calls import TrainingCalls
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
@@ -51,6 +51,36 @@ class CheckpointWithoutScalerState(Rule):
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         yield from self._saved_checkpoints(analysis)
         yield from self._state_dict_methods(analysis)
+        yield from self._checkpoint_helpers(analysis)
+
+    def _checkpoint_helpers(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
+        """A call, in a module that uses a GradScaler, to a helper of another module (one without a
+        scaler) that saves a checkpoint with the optimizer's state, handed no scaler: VITS's
+        ``utils.save_checkpoint(net_g, optim_g, lr, epoch, path)``."""
+        training = analysis.derived(TrainingCalls)
+        if not (training.uses_grad_scaler or training.scalers) or analysis.project is None:
+            return
+        summaries = analysis.derived(Summaries)
+        reported: set[tuple[ast.AST | None, str]] = set()
+        for call in analysis.calls:
+            reference = summaries.call_reference(call)
+            if reference is None or reference.startswith(LOCAL):
+                continue
+            key = (analysis.context(call).function, reference)
+            if key in reported:
+                continue  # the generator's checkpoint and the discriminator's: one helper to fix
+            facts = summaries.callee_facts(call)
+            if not facts or not facts.get("saves_optimizer_without_scaler"):
+                continue
+            arguments = [*call.args, *(kw.value for kw in call.keywords)]
+            if any(training.is_scaler(arg) or "scaler" in excerpt(arg).lower() for arg in arguments):
+                continue  # the scaler is handed over: the helper may save it under its own key
+            reported.add(key)
+            yield self.finding(
+                call,
+                f"{call_name(call)}() saves a checkpoint with the optimizer state but not the GradScaler's",
+                fix="hand the scaler to it and save scaler.state_dict() with the optimizer's (load it on resume)",
+            )
 
     def _saved_checkpoints(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         training = analysis.derived(TrainingCalls)
@@ -58,18 +88,18 @@ class CheckpointWithoutScalerState(Rule):
         # `scaler.unscale_(optimizer)`): the trainer of a project that builds it in main.py
         uses_scaler = training.uses_grad_scaler or bool(training.scalers)
         reported: set[tuple[ast.AST | None, str]] = set()
-        saves = [(call, checkpoint_states(call.args[0], analysis)) for call in analysis.calls_to({"torch.save"}) if call.args]
+        saves = [(call, saved, checkpoint_states(saved, analysis)) for call, saved in _saves(analysis, uses_scaler)]
         # A checkpoint may be a folder of files (transformers' Trainer writes optimizer.pt and, beside it,
         # scaler.pt): the scaler's state saved by the same function, on a pass the optimizer's save can
         # share, is saved with it.
-        scaler_saves = [call for call, states in saves if states is not None and states["scaler"]]
+        scaler_saves = [call for call, _, states in saves if states is not None and states["scaler"]]
         flow = analysis.derived(ControlFlow) if scaler_saves else None
-        for call, states in saves:
+        for call, saved, states in saves:
             if states is None or not states["optimizer"] or states["scaler"]:
                 continue
             # The same checkpoint dict saved to several paths (last.pt, best.pt) is one finding.
             function = analysis.context(call).function
-            key = (function, excerpt(call.args[0], limit=None))
+            key = (function, excerpt(saved, limit=None))
             if key in reported:
                 continue
             if flow is not None and any(
@@ -105,3 +135,22 @@ class CheckpointWithoutScalerState(Rule):
                     f"{cls.name}.state_dict() holds the optimizer state but not the GradScaler's it owns",
                     fix="add the scaler's state_dict() to it (and load it in load_state_dict)",
                 )
+
+
+def _saves(analysis: ModuleAnalysis, helpers: bool) -> list[tuple[ast.Call, ast.expr]]:
+    """(call, the object it saves): ``torch.save(obj, path)``; and, with ``helpers`` (in a module with a
+    GradScaler, where a checkpoint without its state matters), a call handing ``obj`` to a function of
+    the project that passes that parameter to ``torch.save`` (YOLOX's ``save_checkpoint(ckpt_state,
+    is_best, save_dir, name)``)."""
+    found = [(call, call.args[0]) for call in analysis.calls_to({"torch.save"}) if call.args]
+    if not helpers:
+        return found
+    summaries = analysis.derived(Summaries)
+    for call in analysis.calls:
+        if not call.args or analysis.resolve(call.func) == "torch.save":
+            continue
+        facts = summaries.callee_facts(call)
+        for position in (facts or {}).get("saved_parameters") or ():
+            if position < len(call.args):
+                found.append((call, call.args[position]))
+    return found

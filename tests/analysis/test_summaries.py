@@ -266,3 +266,27 @@ def test_whether_a_function_steps_an_optimizer():
     found = ModuleAnalysis(ast.parse(source)).derived(Summaries)
     steps = {name: found.steps(node) for name, node in found.definitions.items()}
     assert steps == {"probe": False, "measure": False, "train": True, "train_through_a_helper": True, "loop": True}
+
+
+def test_which_parameters_a_function_hands_to_torch_save():
+    source = textwrap.dedent('''
+        import torch
+
+
+        def save_checkpoint(state, is_best, save_dir):
+            torch.save(state, save_dir + "/last.pth")
+
+
+        class Saver:
+            def save(self, path, obj):
+                torch.save(obj, path)
+
+
+        def rebinds(state, path):
+            state = {"wrapped": state}
+            torch.save(state, path)
+    ''')
+    found = ModuleAnalysis(ast.parse(source)).derived(Summaries)
+    saved = {name: found.facts(node)["saved_parameters"] for name, node in found.definitions.items() if name != "Saver"}
+    # positions in a call (a method's self is not one); a rebound name is not the parameter any more
+    assert saved == {"save_checkpoint": [0], "Saver.save": [1], "rebinds": []}
