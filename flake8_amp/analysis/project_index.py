@@ -41,7 +41,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 10
+_SCHEMA = 11
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -108,6 +108,7 @@ class ProjectIndex:
         self._uses: dict[Path, dict[str, object]] | None = None
         self._any_autocast = False
         self._autocast_modules: set[Path] = set()
+        self._may_train: list[Path] = []
         self._reached_from_autocast: set[Path] | None = None
         self._any_low_precision = False
         self._mentions: dict[tuple[Path, str], bool] = {}
@@ -186,19 +187,20 @@ class ProjectIndex:
         (its own trainer, which never opens autocast) imports it: the project runs this code, and runs
         it without autocast. A library module whose users are outside the project is not."""
         try:
-            if self.reached_from_autocast(path):
-                return False
             target = Path(path).resolve()
-            return any((self.module_facts(importer) or {}).get("trains") for importer in self._importers(target))
+            if not any((self.module_facts(importer) or {}).get("trains") for importer in self._training_importers(target)):
+                return False  # a library's module: whoever runs it is outside the project
+            return not self.reached_from_autocast(path)
         except Exception:  # noqa: BLE001 - an index that cannot answer must not hide a finding
             return False
 
-    def _importers(self, target: Path) -> Iterator[Path]:
-        """The project's modules (tests aside) that import ``target``, found by its name in their text."""
+    def _training_importers(self, target: Path) -> Iterator[Path]:
+        """The project's modules (tests aside) whose text can run a training step and that import
+        ``target``, found by its name in their text."""
+        self.autocast_uses("")  # the manifest pass notes which modules may train
         name = (target.parent.name if target.name == "__init__.py" else target.stem).encode()
-        for path in self.python_files():
-            path = path.resolve()
-            if path == target or is_test_module(path, self.root):
+        for path in self._may_train:
+            if path == target:
                 continue
             try:
                 if name not in path.read_bytes():
@@ -446,16 +448,19 @@ class ProjectIndex:
                 continue
             known = manifest.get(key)
             if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
-                mentions, low_precision = known[2], known[3]
+                mentions, low_precision, may_train = known[2], known[3], known[4]
             else:
                 try:
                     source = path.read_bytes()
                 except OSError:
                     continue
                 mentions, low_precision = _may_open_autocast(source), _LOW_PRECISION_TEXT.search(source) is not None
-                manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions, low_precision]
+                may_train = _TRAINING_TEXT.search(source) is not None
+                manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions, low_precision, may_train]
                 changed = True
             self._any_low_precision = self._any_low_precision or low_precision
+            if may_train and not is_test_module(path, self.root):
+                self._may_train.append(path)
             if not mentions:
                 continue
             if is_test_module(path, self.root):
@@ -524,6 +529,8 @@ _MAY_OPEN_AUTOCAST = re.compile(
 )
 
 
+# A module whose text can run a training step: its functions may train what it imports.
+_TRAINING_TEXT = re.compile(rb"\.backward\(|\.step\(")
 _LOW_PRECISION_TEXT = re.compile(rb"float16|bfloat16|\.half\(|\bhalf\b|\b[fb]p16\b|16-mixed|autocast|\bamp\b|HalfTensor", re.I)
 
 

@@ -508,16 +508,16 @@ class Summaries:
         (directly or through ``zip`` / ``enumerate``) whose targets are read only so in turn."""
         if depth > 3:
             return False
-        uses = [use for use in loads.get(name, ()) if any(b.statement is owner for b in self.bindings.reaching(use))]
+        named = loads.get(name, ())
+        if not any(self._casts_to_float32(use) or self._loop_over(use)[0] is not None for use in named):
+            return False  # most parameters: never cast nor iterated, whatever binding reaches them
+        uses = [use for use in named if any(b.statement is owner for b in self.bindings.reaching(use))]
         if not uses:
             return False
-        parents = self.analysis.parents
         for use in uses:
-            parent = parents.get(use)
-            if isinstance(parent, ast.Attribute):
-                call = parents.get(parent)
-                if isinstance(call, ast.Call) and call.func is parent and cast_dtype(call, self.analysis.resolve) in ("float32", "float64"):
-                    continue
+            if self._casts_to_float32(use):
+                continue
+            if isinstance(self.analysis.parents.get(use), ast.Attribute):
                 return False
             loop, target = self._loop_over(use)
             if loop is None or target is None:
@@ -526,6 +526,16 @@ class Summaries:
             if not targets or not all(self._read_only_as_float32(loop, t, loads, depth + 1) for t in targets):
                 return False
         return True
+
+    def _casts_to_float32(self, use: ast.Name) -> bool:
+        """``use.float()``, ``use.to(torch.float32)``, ``use.double()``."""
+        parent = self.analysis.parents.get(use)
+        call = self.analysis.parents.get(parent) if isinstance(parent, ast.Attribute) else None
+        return (
+            isinstance(call, ast.Call)
+            and call.func is parent
+            and cast_dtype(call, self.analysis.resolve) in ("float32", "float64")
+        )
 
     def _loop_over(self, use: ast.Name) -> tuple[ast.AST | None, ast.AST | None]:
         """(the ``for`` statement, the part of its target) that iterating ``use`` binds: ``for x in use``
@@ -707,13 +717,14 @@ class Summaries:
         with a scaler calls."""
         from .checkpoints import checkpoint_states
 
+        saves = [call for call in self.analysis.calls_to({"torch.save"}) if call.args]
+        if not saves:
+            return set()
         training = self.analysis.derived(TrainingCalls)
         if training.uses_grad_scaler or training.scalers:
             return set()
         found = set()
-        for call in self.analysis.calls_to({"torch.save"}):
-            if not call.args:
-                continue
+        for call in saves:
             function = self.function_of(call)
             if function is None or function in found:
                 continue
