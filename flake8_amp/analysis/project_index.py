@@ -41,7 +41,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 11
+_SCHEMA = 12
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -439,6 +439,7 @@ class ProjectIndex:
 
         manifest = self.cache.manifest() if self.cache else {}
         changed = False
+        unsearched: list[tuple[Path, str]] = []
         for path in self.python_files():
             path = path.resolve()
             key = self._relative(path)
@@ -454,11 +455,16 @@ class ProjectIndex:
                     source = path.read_bytes()
                 except OSError:
                     continue
-                mentions, low_precision = _may_open_autocast(source), _LOW_PRECISION_TEXT.search(source) is not None
+                mentions = _may_open_autocast(source)
+                # once one module says it, the project runs in low precision: the rest need not be
+                # searched (None: not searched), unless that module changes (see below)
+                low_precision = None if self._any_low_precision else _LOW_PRECISION_TEXT.search(source) is not None
                 may_train = _TRAINING_TEXT.search(source) is not None
                 manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions, low_precision, may_train]
                 changed = True
-            self._any_low_precision = self._any_low_precision or low_precision
+            self._any_low_precision = self._any_low_precision or bool(low_precision)
+            if low_precision is None:
+                unsearched.append((path, key))
             if may_train and not is_test_module(path, self.root):
                 self._may_train.append(path)
             if not mentions:
@@ -477,6 +483,17 @@ class ProjectIndex:
                 info = RegionInfo(device, dtype, f"{key}:{line}", steps)
                 for target, qualname in self._targets(path, reference):
                     add(target, qualname, info)
+        for path, key in unsearched if not self._any_low_precision else ():
+            # the module that said it has changed and no longer does: ask the others after all
+            try:
+                found = _LOW_PRECISION_TEXT.search(path.read_bytes()) is not None
+            except OSError:
+                continue
+            manifest[key][3] = found
+            changed = True
+            if found:
+                self._any_low_precision = True
+                break
         if changed and self.cache:
             self.cache.save_manifest(manifest)
         visited = 0

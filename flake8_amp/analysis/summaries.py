@@ -421,7 +421,6 @@ class Summaries:
             "steps_scaler": SCALER_STEP in kinds or any(c.get("steps_scaler") for c in callees),
             "computes_loss": self._returns(function, self._is_loss_value),
             "returns_half": self._returns(function, self._is_half_value),
-            "float32_parameters": self._float32_parameters(function),
             "saved_parameters": self._saved_parameters(function),
             "autocast_float32_ops": self._runs_autocast_float32_ops(function, summarised)
             or any(c.get("autocast_float32_ops", True) for c in callees),
@@ -459,6 +458,17 @@ class Summaries:
                 continue  # a function of the project: its own facts answer
             return True
         return False
+
+    def float32_parameters(self, function: ast.AST) -> list[int]:
+        """See :meth:`_float32_parameters`; asked only where a call hands a low-precision value over."""
+        found = self._float32_parameter_cache.get(function)
+        if found is None:
+            found = self._float32_parameter_cache[function] = self._float32_parameters(function)
+        return found
+
+    @cached_property
+    def _float32_parameter_cache(self) -> dict[ast.AST, list[int]]:
+        return {}
 
     def _float32_parameters(self, function: ast.AST) -> list[int]:
         """The positions, in a call, of the parameters the function only ever reads through a cast to
@@ -561,8 +571,17 @@ class Summaries:
         is passed to only through ``.float()`` (or another cast to float32): it computes in float32."""
         if arg not in call.args:
             return False
-        facts = self.callee_facts(call)
-        return bool(facts) and call.args.index(arg) in (facts.get("float32_parameters") or ())
+        position = call.args.index(arg)
+        reference = self.call_reference(call)
+        if reference is None:
+            return False
+        targets = self.local_targets(reference)
+        if targets:
+            return all(position in self.float32_parameters(target) for target in targets)
+        if reference.startswith(LOCAL):
+            return False
+        facts = self._foreign_facts(reference)
+        return bool(facts) and position in (facts.get("float32_parameters") or ())
 
     def _foreign_facts(self, reference: str) -> dict | None:
         project = self.analysis.project
@@ -674,6 +693,7 @@ class Summaries:
                 facts = dict(self.facts(node))
                 facts["calls"] = sorted(set(self._references(node)))
                 facts["steps"] = self.steps(node)
+                facts["float32_parameters"] = self.float32_parameters(node)
                 facts["saves_optimizer_without_scaler"] = node in saving
                 states = self.returned_states(node) if name.rpartition(".")[2] != "state_dict" else None
                 if states is not None:

@@ -201,6 +201,31 @@ def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):
     ProjectIndex._instances.clear()
 
 
+def test_a_project_stops_running_low_precision_only_when_no_module_says_it_any_more(tmp_path):
+    # once one module says it, the others are not searched; the cache must not keep that shortcut when
+    # the module that said it changes
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("")
+    for name in ("a", "b", "c", "d"):
+        (root / f"{name}.py").write_text("import torch\n")
+    (root / "b.py").write_text("import torch\nDTYPE = torch.float16\n")
+    (root / "c.py").write_text("import torch\nDTYPE = torch.bfloat16\n")
+
+    def mentions() -> bool:
+        ProjectIndex._instances.clear()
+        return ProjectIndex(root).may_run_low_precision()
+
+    assert mentions() is True
+    (root / "b.py").write_text("import torch\n\nDTYPE = torch.float32\n")
+    assert mentions() is True  # c.py still says it, searched or not the first time
+    (root / "c.py").write_text("import torch\n\nDTYPE = torch.float32\n")
+    assert mentions() is False
+    (root / "d.py").write_text("import torch\nx = torch.ones(2).half()\n")
+    assert mentions() is True
+    ProjectIndex._instances.clear()
+
+
 def test_which_modules_a_module_opening_autocast_imports(tmp_path):
     root = tmp_path / "project"
     (root / "pkg").mkdir(parents=True)

@@ -210,7 +210,7 @@ def test_a_parameter_read_only_through_a_float32_cast_is_a_fact_of_its_function(
     analysis = ModuleAnalysis(ast.parse(FLOAT32_SOURCE))
     found = analysis.derived(Summaries)
     names = ("compute_loss", "half_cast_one", "rebinds", "rebinds_after_a_raw_read", "Criterion.loss", "gan_loss", "feature_loss")
-    facts = {name: found.facts(function(found, name))["float32_parameters"] for name in names}
+    facts = {name: found.float32_parameters(function(found, name)) for name in names}
     # positions in a call: a method's self is not one of them; `x = x.float()` reads the argument through
     # a cast (later reads see the float32 value), unless the argument was read raw before; lists read
     # element by element through zip(), and nested; `weights` is multiplied with as it comes
