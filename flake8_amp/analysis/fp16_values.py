@@ -19,6 +19,7 @@ Use as ``analysis.derived(Fp16Values).verdict(expr)``.
 from __future__ import annotations
 
 import ast
+from typing import Callable
 
 from .bindings import Binding, Bindings
 from .dataflow import evaluate
@@ -41,10 +42,12 @@ class Fp16Values:
         self.analysis = analysis
         self.flow = analysis.derived(LowPrecisionFlow)
         self.bindings = analysis.derived(Bindings)
-        self._full: dict[object, bool] = {}
-        self._pending: set[object] = set()
-        self._autocast_full: dict[object, bool] = {}
-        self._autocast_pending: set[object] = set()
+        # where it stands; and as if inside an enabled CUDA autocast region (any op but a matmul there
+        # keeps its operands' precision)
+        self._full = _FullPrecision(self.bindings, self._call_rule, lambda node: not self._in_enabled_region(node))
+        self._full_under_autocast = _FullPrecision(
+            self.bindings, self._autocast_rule, lambda node: not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult))
+        )
 
     def verdict(self, expr: ast.AST) -> str:
         """``FP16`` (known float16, or low precision of a dtype that may be float16), ``NOT_FP16`` or
@@ -60,7 +63,7 @@ class Fp16Values:
 
     def full_precision(self, expr: ast.AST) -> bool:
         """Certainly not a float16 tensor where it stands."""
-        return bool(evaluate(expr, self._parts, self._combine, self._full, self._pending))
+        return self._full(expr)
 
     def float32_under_autocast(self, expr: ast.AST) -> bool:
         """Certainly float32 if this code ran inside an enabled CUDA autocast region: built only from
@@ -68,7 +71,7 @@ class Fp16Values:
         float32 casts, fresh float32 tensors and constants, through ops that keep their input's dtype
         (``1 - p.gather(...)``, ``x.view(...)``, ``einops.rearrange(x, ...)``). Anything autocast runs in
         low precision (``@``, ``matmul``, ``linear``, ``conv``), or an op this does not know, is not."""
-        return bool(evaluate(expr, self._autocast_parts, self._autocast_combine, self._autocast_full, self._autocast_pending))
+        return self._full_under_autocast(expr)
 
     def _autocast_rule(self, call: ast.Call) -> tuple[str, list]:
         dtype = cast_dtype(call, self.analysis.resolve)
@@ -89,77 +92,6 @@ class Fp16Values:
         if qualified in _EINOPS_DTYPE_KEEPING and call.args:
             return "all-parts", [call.args[0]]  # rearrange(x, "b n -> n b") has x's dtype
         return "not-full", []
-
-    def _autocast_parts(self, node: object) -> list:
-        if isinstance(node, Binding):
-            return [node.value] if not node.unpacked else []
-        if isinstance(node, ast.Name):
-            return list(self.bindings.reaching(node))
-        if isinstance(node, ast.Subscript):
-            return [node.value]
-        if isinstance(node, ast.Call):
-            return self._autocast_rule(node)[1]
-        if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult):
-            return [node.left, node.right]
-        if isinstance(node, ast.UnaryOp):
-            return [node.operand]
-        return []
-
-    def _autocast_combine(self, node: object, full: dict) -> bool:
-        if isinstance(node, Binding):
-            return node.value is not None and not node.unpacked and full.get(node.value, False)
-        if isinstance(node, ast.Constant):
-            return True
-        if isinstance(node, ast.Name):
-            bindings = self.bindings.reaching(node)
-            return bool(bindings) and all(full.get(binding, False) for binding in bindings)
-        if isinstance(node, ast.Subscript):
-            return full.get(node.value, False)
-        if isinstance(node, ast.Call):
-            kind, parts = self._autocast_rule(node)
-            if kind == "all-parts":
-                return bool(parts) and all(full.get(part, False) for part in parts)
-            return kind == "full"
-        if isinstance(node, ast.BinOp) and not isinstance(node.op, ast.MatMult):
-            return full.get(node.left, False) and full.get(node.right, False)
-        if isinstance(node, ast.UnaryOp):
-            return full.get(node.operand, False)
-        return False
-
-    def _parts(self, node: object) -> list:
-        if isinstance(node, Binding):
-            return [node.value] if not node.unpacked else []
-        if isinstance(node, ast.Name):
-            return list(self.bindings.reaching(node))
-        if isinstance(node, ast.Subscript):
-            return [node.value]
-        if isinstance(node, ast.Call):
-            kind, parts = self._call_rule(node)
-            return parts
-        if isinstance(node, (ast.BinOp, ast.UnaryOp)) and not self._in_enabled_region(node):
-            return [node.left, node.right] if isinstance(node, ast.BinOp) else [node.operand]
-        return []
-
-    def _combine(self, node: object, full: dict) -> bool:
-        if isinstance(node, Binding):
-            return node.value is not None and not node.unpacked and full.get(node.value, False)
-        if isinstance(node, ast.Constant):
-            return True
-        if isinstance(node, ast.Name):
-            bindings = self.bindings.reaching(node)
-            return bool(bindings) and all(full.get(binding, False) for binding in bindings)
-        if isinstance(node, ast.Subscript):
-            return full.get(node.value, False)
-        if isinstance(node, ast.Call):
-            kind, parts = self._call_rule(node)
-            if kind == "all-parts":
-                return bool(parts) and all(full.get(part, False) for part in parts)
-            return kind == "full"
-        if isinstance(node, ast.BinOp) and not self._in_enabled_region(node):
-            return full.get(node.left, False) and full.get(node.right, False)
-        if isinstance(node, ast.UnaryOp) and not self._in_enabled_region(node):
-            return full.get(node.operand, False)
-        return False
 
     def _call_rule(self, call: ast.Call) -> tuple[str, list]:
         """("full" | "not-full" | "all-parts", parts): how a call's precision is decided."""
@@ -193,3 +125,58 @@ class Fp16Values:
         if dtype_node is None:
             return False
         return literal_dtype(dtype_node, self.analysis.resolve) in ("float16", None)
+
+
+class _FullPrecision:
+    """"Certainly not float16", computed bottom-up over an expression's parts (see :mod:`.dataflow`):
+    ``rule`` says how a call decides it ("full", "not-full", or "all-parts" with the parts), and
+    ``arithmetic`` whether an operator there keeps its operands' precision."""
+
+    def __init__(
+        self,
+        bindings: Bindings,
+        rule: Callable[[ast.Call], tuple[str, list]],
+        arithmetic: Callable[[ast.AST], bool],
+    ) -> None:
+        self.bindings = bindings
+        self.rule = rule
+        self.arithmetic = arithmetic
+        self._memo: dict[object, bool] = {}
+        self._pending: set[object] = set()
+
+    def __call__(self, expr: ast.AST) -> bool:
+        return bool(evaluate(expr, self._parts, self._combine, self._memo, self._pending))
+
+    def _parts(self, node: object) -> list:
+        if isinstance(node, Binding):
+            return [node.value] if not node.unpacked else []
+        if isinstance(node, ast.Name):
+            return list(self.bindings.reaching(node))
+        if isinstance(node, ast.Subscript):
+            return [node.value]
+        if isinstance(node, ast.Call):
+            return self.rule(node)[1]
+        if isinstance(node, (ast.BinOp, ast.UnaryOp)) and self.arithmetic(node):
+            return [node.left, node.right] if isinstance(node, ast.BinOp) else [node.operand]
+        return []
+
+    def _combine(self, node: object, full: dict) -> bool:
+        if isinstance(node, Binding):
+            return node.value is not None and not node.unpacked and full.get(node.value, False)
+        if isinstance(node, ast.Constant):
+            return True
+        if isinstance(node, ast.Name):
+            bindings = self.bindings.reaching(node)
+            return bool(bindings) and all(full.get(binding, False) for binding in bindings)
+        if isinstance(node, ast.Subscript):
+            return full.get(node.value, False)
+        if isinstance(node, ast.Call):
+            kind, parts = self.rule(node)
+            if kind == "all-parts":
+                return bool(parts) and all(full.get(part, False) for part in parts)
+            return kind == "full"
+        if isinstance(node, ast.BinOp) and self.arithmetic(node):
+            return full.get(node.left, False) and full.get(node.right, False)
+        if isinstance(node, ast.UnaryOp) and self.arithmetic(node):
+            return full.get(node.operand, False)
+        return False

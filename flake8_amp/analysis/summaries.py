@@ -476,32 +476,31 @@ class Summaries:
         ``z = z.float()`` first), also element by element (``for real, fake in zip(reals, fakes): real =
         real.float()``, as VITS's GAN losses read lists of discriminator outputs): a float16 argument there
         is computed with in float32."""
-        arguments = function.args  # type: ignore[attr-defined]
-        positional = [*arguments.posonlyargs, *arguments.args]
-        is_method = self._enclosing_class(function) is not None and not any(
-            isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list  # type: ignore[attr-defined]
-        )
-        if is_method:
-            positional = positional[1:]
+        positional = self._call_positions(function)
         loads: dict[str, list[ast.Name]] = {}
         for node in ast.walk(function):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
                 loads.setdefault(node.id, []).append(node)
         return [
             index
-            for index, argument in enumerate(positional)
-            if self._read_only_as_float32(function, argument.arg, loads, 0)
+            for index, name in enumerate(positional)
+            if self._read_only_as_float32(function, name, loads, 0)
         ]
+
+    def _call_positions(self, function: ast.AST) -> list[str]:
+        """The names of the parameters a call's positional arguments fill, in order (a method's
+        ``self`` is not one of them; a staticmethod has none such)."""
+        arguments = function.args  # type: ignore[attr-defined]
+        positional = [argument.arg for argument in (*arguments.posonlyargs, *arguments.args)]
+        is_method = self._enclosing_class(function) is not None and not any(
+            isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list  # type: ignore[attr-defined]
+        )
+        return positional[1:] if is_method else positional
 
     def _saved_parameters(self, function: ast.AST) -> list[int]:
         """The positions, in a call, of the parameters the function hands to ``torch.save`` as the
         object to save (``def save_checkpoint(state, is_best, save_dir): torch.save(state, path)``)."""
-        arguments = function.args  # type: ignore[attr-defined]
-        positional = [argument.arg for argument in (*arguments.posonlyargs, *arguments.args)]
-        if self._enclosing_class(function) is not None and not any(
-            isinstance(d, ast.Name) and d.id == "staticmethod" for d in function.decorator_list  # type: ignore[attr-defined]
-        ):
-            positional = positional[1:]
+        positional = self._call_positions(function)
         found = set()
         for call in self.calls_in(function.body):  # type: ignore[attr-defined]
             if not call.args or not isinstance(call.args[0], ast.Name) or call.args[0].id not in positional:
