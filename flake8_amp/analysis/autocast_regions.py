@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .dtypes import Resolver, dtype_of
 from .torch_api import AUTOCAST_CONSTRUCTORS, CUSTOM_FWD
@@ -33,6 +33,9 @@ class AutocastRegion:
     inputs_dtype: str | None = None
     #: for an inherited region: whether the function that opens it, or one it calls, steps an optimizer
     caller_steps: bool = True
+    #: the ``enabled`` argument as written, and a ``**settings`` argument, when there is one
+    enabled_expr: ast.AST | None = field(default=None, compare=False)
+    settings_expr: ast.AST | None = field(default=None, compare=False)
 
     @property
     def effective_dtype(self) -> str | None:
@@ -90,13 +93,16 @@ def region_from_call(call: ast.Call, owner: ast.AST, resolve: Resolver) -> Autoc
             enabled_node = args[0] if args else keywords.get("enabled")
             dtype_node = args[1] if len(args) > 1 else keywords.get("dtype")
         dtype = dtype_of(dtype_node, resolve)
+        settings = next((kw.value for kw in call.keywords if kw.arg is None), None)
         return AutocastRegion(
             node=owner,
             api=qualified,
             device_type=device,
             dtype=dtype,
-            enabled=_literal_bool(enabled_node),
+            enabled=_literal_bool(enabled_node) if settings is None or enabled_node is not None else None,
             dtype_known=dtype is not None or dtype_node is None,
+            enabled_expr=enabled_node,
+            settings_expr=settings,
         )
     identifier = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
     if qualified in CUSTOM_FWD or identifier.endswith("custom_fwd"):

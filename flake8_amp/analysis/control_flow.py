@@ -50,10 +50,13 @@ class Fact:
     key: str
     holds: bool
     one_of: tuple["Fact", ...] = field(default=(), compare=False)
+    #: for ``x == C`` with ``C`` a constant (a literal, a dtype, an enum member): ``x`` and ``C``, by text.
+    #: ``x == A`` and ``x == B`` cannot both hold in one pass when ``A`` and ``B`` differ.
+    equates: tuple[str, str] | None = field(default=None, compare=False)
 
     @property
     def negated(self) -> "Fact":
-        return Fact(self.key, not self.holds)
+        return Fact(self.key, not self.holds, equates=self.equates)
 
 
 Facts = frozenset  # of Fact
@@ -98,7 +101,9 @@ def facts_when(test: ast.AST, truth: bool) -> frozenset[Fact]:
                 pending.append((node.left, value == (positive == constant)))
         elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.NotEq):
             equal = ast.Compare(left=node.left, ops=[ast.Eq()], comparators=node.comparators)
-            found.add(Fact(_normalised(equal), not value))
+            found.add(Fact(_normalised(equal), not value, equates=_equates(equal)))
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
+            found.add(Fact(_normalised(node), value, equates=_equates(node)))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "bool" and len(node.args) == 1:
             pending.append((node.args[0], value))
         else:
@@ -110,6 +115,42 @@ def _single_fact(node: ast.AST, value: bool) -> list[Fact]:
     """The one fact ``node`` evaluating to ``value`` tells, or nothing when it tells several or none."""
     facts = facts_when(node, value)
     return list(facts) if len(facts) == 1 and not next(iter(facts)).one_of else []
+
+
+# Spellings of one dtype: ``dtype == torch.half`` and ``dtype == torch.float16`` are the same condition.
+_DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64", "bfloat": "bfloat16"}
+
+
+def _equates(compare: ast.Compare) -> tuple[str, str] | None:
+    """``x == C`` (or ``C == x``) with ``C`` a constant: ``(x, C)`` by normalised text, else None."""
+    left, right = compare.left, compare.comparators[0]
+    for subject, constant in ((left, right), (right, left)):
+        value = _constant_text(constant)
+        if value is not None and _constant_text(subject) is None:
+            return _normalised(subject), value
+    return None
+
+
+def _constant_text(node: ast.AST) -> str | None:
+    """A value no assignment can change: a literal (``"fp16"``, ``2``), a torch dtype (``torch.half``,
+    by its canonical name) or an enum member (``AmpType.APEX``, ``Mode.TRAIN``)."""
+    if isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None:
+        return repr(node.value)
+    if not isinstance(node, ast.Attribute):
+        return None
+    parts = [node.attr]
+    root = node.value
+    while isinstance(root, ast.Attribute):
+        parts.append(root.attr)
+        root = root.value
+    if not isinstance(root, ast.Name):
+        return None
+    if root.id == "torch" and len(parts) == 1:
+        return "torch." + _DTYPE_ALIASES.get(node.attr, node.attr)
+    enum_class = parts[-1] if len(parts) > 1 else root.id  # Cls.MEMBER, module.Cls.MEMBER
+    if enum_class[:1].isupper() and not enum_class.isupper() and node.attr.isupper():
+        return _normalised(node)
+    return None
 
 
 def _is_none_or_bool(node: ast.AST) -> bool:
@@ -129,7 +170,21 @@ def consistent(a: frozenset[Fact], b: frozenset[Fact]) -> bool:
     small, large = (a, b) if len(a) <= len(b) else (b, a)
     if any(fact.negated in large for fact in small):
         return False
+    if _equal_to_different_constants(small, large):
+        return False
     return not (_denies_every_alternative(a, b) or _denies_every_alternative(b, a))
+
+
+def _equal_to_different_constants(small: frozenset[Fact], large: frozenset[Fact]) -> bool:
+    """``x == A`` holds in one set and ``x == B`` in the other, ``A`` and ``B`` different constants
+    (``if amp_type == AmpType.APEX:`` ... ``if amp_type == AmpType.PYTORCH:``)."""
+    held = {fact.equates[0]: fact.equates[1] for fact in small if fact.holds and fact.equates}
+    if not held:
+        return False
+    return any(
+        fact.holds and fact.equates and held.get(fact.equates[0], fact.equates[1]) != fact.equates[1]
+        for fact in large
+    )
 
 
 def _denies_every_alternative(facts: frozenset[Fact], others: frozenset[Fact]) -> bool:

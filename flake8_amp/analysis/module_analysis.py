@@ -360,8 +360,88 @@ class ModuleAnalysis:
     @cached_property
     def uses_autocast(self) -> bool:
         """The module opens an autocast region that can be enabled: ``autocast(enabled=False)`` alone,
-        which only turns autocast off, is no evidence that anything here runs under it."""
-        return any(region.may_be_enabled for region in self.regions)
+        which only turns autocast off, is no evidence that anything here runs under it; nor is a region
+        that only restores the state an earlier one recorded (activation checkpointing's recompute:
+        ``ctx.had_autocast = torch.is_autocast_enabled()`` ... ``autocast(enabled=ctx.had_autocast)``),
+        which is on only where something else turned autocast on."""
+        return any(region.may_be_enabled and not self._restores_recorded_state(region) for region in self.regions)
+
+    def _restores_recorded_state(self, region: AutocastRegion) -> bool:
+        if region.enabled_expr is not None:
+            return self._is_recorded_state(region.enabled_expr, region.node, depth=0)
+        if region.settings_expr is not None:  # autocast(**ctx.autocast_kwargs)
+            return self._is_recorded_state(region.settings_expr, region.node, depth=0, key="enabled")
+        return False
+
+    def _is_recorded_state(self, expr: ast.AST, where: ast.AST, *, depth: int, key: str | None = None) -> bool:
+        """``expr`` is the autocast state recorded where it was read: ``torch.is_autocast_enabled()`` (or a
+        project wrapper of that name), an attribute every assignment of which stores one, or the parameter
+        of a function every call of which in the module passes one. With ``key``, a dict holding one under
+        that key (``{"enabled": torch.is_autocast_enabled(), ...}``)."""
+        if depth > 3:
+            return False
+        if key is not None:
+            if isinstance(expr, ast.Dict):
+                values = [v for k, v in zip(expr.keys, expr.values) if isinstance(k, ast.Constant) and k.value == key]
+                return bool(values) and all(self._is_recorded_state(v, where, depth=depth + 1) for v in values)
+            if isinstance(expr, ast.Call) and call_name(expr) == "dict":
+                values = [kw.value for kw in expr.keywords if kw.arg == key]
+                return bool(values) and all(self._is_recorded_state(v, where, depth=depth + 1) for v in values)
+        if isinstance(expr, ast.Call) and key is None:
+            return call_name(expr) in _AUTOCAST_STATE_READERS
+        if isinstance(expr, ast.Attribute):
+            stored = [
+                node.value
+                for node in self.nodes(ast.Assign)
+                for target in node.targets  # type: ignore[attr-defined]
+                if isinstance(target, ast.Attribute) and target.attr == expr.attr
+            ]
+            return bool(stored) and all(self._is_recorded_state(v, where, depth=depth + 1, key=key) for v in stored)
+        if isinstance(expr, ast.Name) and key is None:
+            passed = self._arguments_for_parameter(expr.id, where)
+            return bool(passed) and all(self._is_recorded_state(v, where, depth=depth + 1) for v in passed)
+        return False
+
+    def _arguments_for_parameter(self, name: str, where: ast.AST) -> list[ast.AST]:
+        """What the module's calls of the function around ``where`` pass for its parameter ``name``; []
+        when ``name`` is not its parameter, a call passes it in a way not read here, or none is seen."""
+        function = next(
+            (p for p in _parents_of(where, self.parents) if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef))), None
+        )
+        if function is None:
+            return []
+        positional = [a.arg for a in function.args.posonlyargs + function.args.args]
+        if name not in positional and name not in [a.arg for a in function.args.kwonlyargs]:
+            return []
+        passed: list[ast.AST] = []
+        for call in self.calls_named(function.name):
+            func = call.func
+            local = isinstance(func, ast.Name) or isinstance(func.value, ast.Name) and func.value.id in ("self", "cls")  # type: ignore[attr-defined]
+            if not local or self.resolve(func) is not None:
+                continue  # another function of that name: torch.cuda.amp.autocast(enabled) inside `def autocast`
+            if any(isinstance(a, ast.Starred) for a in call.args):
+                return []
+            keyword = next((kw.value for kw in call.keywords if kw.arg == name), None)
+            if keyword is not None:
+                passed.append(keyword)
+                continue
+            offset = 1 if isinstance(call.func, ast.Attribute) and positional[:1] in (["self"], ["cls"]) else 0
+            index = positional.index(name) - offset if name in positional else -1
+            if not 0 <= index < len(call.args):
+                return []
+            passed.append(call.args[index])
+        return passed
+
+
+# What reads the autocast state in force (to restore it later): torch's, or a project's wrapper so named.
+_AUTOCAST_STATE_READERS = frozenset({"is_autocast_enabled", "is_autocast_cpu_enabled"})
+
+
+def _parents_of(node: ast.AST, parents: dict) -> Iterator[ast.AST]:
+    parent = parents.get(node)
+    while parent is not None:
+        yield parent
+        parent = parents.get(parent)
 
 
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}

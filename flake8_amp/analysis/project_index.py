@@ -41,7 +41,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 12
+_SCHEMA = 13
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -105,6 +105,7 @@ class ProjectIndex:
         self._facts: dict[Path, dict | None] = {}
         self._modules: dict[tuple[Path, str], Path | None] = {}
         self._files: list[Path] | None = None
+        self._suffixes: dict[tuple[str, ...], list[Path]] | None = None
         self._uses: dict[Path, dict[str, object]] | None = None
         self._any_autocast = False
         self._autocast_modules: set[Path] = set()
@@ -313,8 +314,27 @@ class ProjectIndex:
                     break
             if found:
                 break
+        if found is None and not level and len(parts) > 1:
+            found = self._only_module_ending_with(parts)
         self._modules[key] = found
         return found
+
+    def _only_module_ending_with(self, parts: list[str]) -> Path | None:
+        """The one module of the project whose path ends with ``parts`` (``lib/utils/utils.py`` for
+        ``utils.utils``), for a dotted import the folders above the importer do not resolve: the project
+        puts a folder on ``sys.path`` itself (``_init_paths.py``, ``sys.path.insert(0, "../lib")``).
+        None when no module, or more than one, ends so: then the import means something else."""
+        if self._suffixes is None:
+            suffixes: dict[tuple[str, ...], list[Path]] = {}
+            for path in self.python_files():
+                names = path.relative_to(self.root).with_suffix("").parts
+                if names and names[-1] == "__init__":
+                    names = names[:-1]
+                for start in range(len(names) - 1):
+                    suffixes.setdefault(tuple(names[start:]), []).append(path)
+            self._suffixes = suffixes
+        matches = self._suffixes.get(tuple(parts), [])
+        return matches[0].resolve() if len(matches) == 1 else None
 
     def _within(self, path: Path) -> bool:
         try:

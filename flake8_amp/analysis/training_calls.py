@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .bindings import Bindings
-from .control_flow import ControlFlow, switch_polarity
+from .control_flow import ControlFlow, ancestors, switch_polarity
 from .module_analysis import ModuleAnalysis, binding_key, call_name
 from .source_text import excerpt
 from .torch_api import GRAD_SCALER_CONSTRUCTORS
@@ -58,6 +58,8 @@ class TrainingEvent:
     #: the scaler's source text for scaler events, the optimizer's for steps, unscale_ and zero_grad
     scaler: str | None = None
     optimizer: str | None = None
+    #: for a clip through a helper of this module (``self._clip_gradients()``): the clipping function it calls
+    via: str | None = None
 
     @property
     def position(self) -> tuple[int, int]:
@@ -201,6 +203,24 @@ class TrainingCalls:
             return False  # an imported module's backward(): a custom op, not a tensor
         return not _WRAPPER_NAME.search(excerpt(receiver, limit=None))
 
+    def is_loss_scaled_by_apex(self, call: ast.Call) -> bool:
+        """``with amp.scale_loss(loss, optimizer) as scaled_loss: scaled_loss.backward()``: apex's loss
+        scaler scaled the loss (and unscales and checks the gradients when the block exits)."""
+        receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
+        if not isinstance(receiver, ast.Name):
+            return False
+        for _, parent in ancestors(call, self.analysis):
+            if isinstance(parent, (ast.With, ast.AsyncWith)):
+                for item in parent.items:
+                    if (
+                        isinstance(item.optional_vars, ast.Name)
+                        and item.optional_vars.id == receiver.id
+                        and isinstance(item.context_expr, ast.Call)
+                        and call_name(item.context_expr) == "scale_loss"
+                    ):
+                        return True
+        return False
+
     def is_wrapper_backward(self, call: ast.Call) -> bool:
         """``optimizer.backward(loss)``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``:
         the loss is handed to an object that scales it (or has no scaler to bypass)."""
@@ -242,9 +262,38 @@ class TrainingCalls:
             event = self._classify(call)
             if event is not None:
                 events[analysis.context(call).function].append(event)
+        for call, clipper in self._helper_clips():
+            events[analysis.context(call).function].append(TrainingEvent(CLIP, call, via=clipper))
         for function_events in events.values():
             function_events.sort(key=lambda event: event.position)
         return events
+
+    def _helper_clips(self) -> list[tuple[ast.Call, str]]:
+        """Calls of a function of this module that clips gradients itself and does not unscale them
+        first (``self._clip_gradients(max_norm)`` around ``clip_grad_norm_``), with the clipper's name:
+        one step from the training loop, where trainers keep their clipping."""
+        analysis = self.analysis
+        clipping: dict[ast.AST, str] = {}
+        for call in analysis.calls_to(CLIPPERS):
+            function = analysis.context(call).function
+            if function is not None:
+                clipping.setdefault(function, analysis.resolve(call.func).rpartition(".")[2])  # type: ignore[union-attr]
+        if not clipping:
+            return []
+        for call in analysis.calls_named("unscale_"):
+            clipping.pop(analysis.context(call).function, None)  # type: ignore[arg-type]
+        names = {getattr(function, "name", None) for function in clipping}
+        from .summaries import Summaries  # summaries read training calls: imported where used
+
+        summaries = analysis.derived(Summaries)
+        found = []
+        for call in analysis.calls_named(*[name for name in names if name]):
+            reference = summaries.call_reference(call)
+            for target in summaries.local_targets(reference) if reference else ():
+                if target in clipping and analysis.context(call).function is not target:
+                    found.append((call, clipping[target]))
+                    break
+        return found
 
     def events(self, scope: ast.AST | None) -> list[TrainingEvent]:
         """The training events of one function (None: the module body), in source order."""
@@ -318,6 +367,8 @@ class TrainingCalls:
             scaler = self.scaled_backward_scaler(call)
             if scaler is not None:
                 return TrainingEvent(SCALED_BACKWARD, call, scaler=scaler)
+            if self.is_loss_scaled_by_apex(call):
+                return TrainingEvent(WRAPPER_BACKWARD, call)
             if self.is_tensor_backward(call):
                 return TrainingEvent(PLAIN_BACKWARD, call)
             if self.is_wrapper_backward(call):

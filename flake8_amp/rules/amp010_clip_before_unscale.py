@@ -8,6 +8,7 @@ from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.training_calls import CLIP, SCALED_BACKWARD, SCALER_STEP, UNSCALE, TrainingCalls
 from ..runtime.evidence import ClipRecord, LineEvidence, RunEvidence, Outcome, Verdict, fmt
+from ..analysis.source_text import excerpt
 from .base import Finding, Rule, Severity
 
 
@@ -76,7 +77,10 @@ class ClipBeforeUnscale(Rule):
                     continue
                 if not any(e.kind == SCALER_STEP for e in after):
                     continue
-                name = analysis.resolve(clip.call.func).rpartition(".")[2]  # type: ignore[union-attr]
+                if clip.via is None:
+                    name = analysis.resolve(clip.call.func).rpartition(".")[2]  # type: ignore[union-attr]
+                else:
+                    name = f"{excerpt(clip.call.func, limit=None)}(), which calls {clip.via},"
                 yield self.finding(
                     clip.call, f"{name} between scaler.scale(loss).backward() and scaler.step() clips scaled gradients"
                 )

@@ -97,6 +97,44 @@ def test_a_disjunction_that_holds_excludes_the_path_where_every_part_fails():
     assert not flow.may_share_a_pass(call(analysis, "low"), call(analysis, "full"))
 
 
+def test_one_setting_equal_to_two_different_constants_is_two_paths():
+    analysis, flow = flow_of(
+        """
+        def run(self, dtype, mode):
+            if self.amp_type == AmpType.APEX:
+                apex_backward()
+            if self.amp_type == AmpType.PYTORCH:
+                scaler_step()
+            if AmpType.PYTORCH == self.amp_type:
+                scaler_update()
+            if self.amp_type != AmpType.APEX:
+                not_apex()
+            if dtype == torch.float32:
+                full()
+            if dtype == torch.half:
+                half()
+            if dtype == torch.float16:
+                float16()
+            if mode == "amp":
+                amp_mode()
+            if mode == 2:
+                mode_two()
+            if mode == self.mode:
+                same_as_attribute()
+            if other == "amp":
+                other_setting()
+        """
+    )
+    exclusive = [("apex_backward", "scaler_step"), ("apex_backward", "scaler_update"), ("apex_backward", "not_apex"),
+                 ("full", "half"), ("full", "float16"), ("amp_mode", "mode_two")]
+    for a, b in exclusive:
+        assert not flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
+    shared = [("scaler_step", "scaler_update"), ("scaler_step", "not_apex"), ("half", "float16"),
+              ("amp_mode", "same_as_attribute"), ("amp_mode", "other_setting"), ("apex_backward", "full")]
+    for a, b in shared:
+        assert flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
+
+
 def test_an_early_exit_makes_the_opposite_hold_for_the_rest_of_the_block():
     analysis, flow = flow_of(
         """
