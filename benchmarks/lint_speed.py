@@ -155,7 +155,7 @@ def check_file(configuration: tuple[Any, argparse.Namespace], filename: str) -> 
 def interleaved(files: list[str], round_number: int, configurations: dict[bool, Any]) -> tuple[list[float], int]:
     """[baseline wall, AMP wall, baseline CPU, AMP CPU] summed over every file, and the AMP findings. The
     project index is this process's own: a new one reads the disk cache as a new flake8 run would."""
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
     totals = [0.0, 0.0, 0.0, 0.0]
     findings = 0
     for index, filename in enumerate(files):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import math
 import sys
+from functools import cached_property
 
 from .bindings import Bindings
 from .dataflow import evaluate
@@ -27,10 +28,14 @@ _NOT_CONSTANT = None
 class Constants:
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
-        self.bindings = analysis.derived(Bindings)
         self._values: dict[object, float | None] = {}
         self._pending: set[object] = set()
         self._constant_keys: dict[str | None, bool] = {}
+
+    @cached_property
+    def bindings(self) -> Bindings:
+        """Read only for a name that may be bound to a constant: most fills are literals."""
+        return self.analysis.derived(Bindings)
 
     def value(self, node: ast.AST | None) -> float | None:
         """The float value of ``node`` when the source fixes it, else None (``float("-inf")`` is -inf)."""
@@ -85,6 +90,8 @@ class Constants:
                     return None
             return values.get(argument)
         if isinstance(node, (ast.Name, ast.Attribute)):
+            if not self._may_be_bound_to_a_constant(node):
+                return None
             bindings = self.bindings.reaching(node)
             found = {values.get(binding.value) if binding.value is not None else None for binding in bindings}
             return found.pop() if len(found) == 1 else None
@@ -98,7 +105,18 @@ class Constants:
             and len(call.args) == 1
             and not call.keywords
             and self.analysis.resolve(func) is None
-            and not self.bindings.is_bound("float")
+            and not self._float_is_rebound
+        )
+
+    @cached_property
+    def _float_is_rebound(self) -> bool:
+        """The module binds the name ``float`` itself (an assignment, a parameter, a def, an import)."""
+        analysis = self.analysis
+        return (
+            any(isinstance(node.ctx, ast.Store) and node.id == "float" for node in analysis.nodes(ast.Name))
+            or any(node.arg == "float" for node in analysis.nodes(ast.arg))
+            or any(node.name == "float" for kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef) for node in analysis.nodes(kind))  # type: ignore[attr-defined]
+            or any((alias.asname or alias.name) == "float" for kind in (ast.Import, ast.ImportFrom) for node in analysis.nodes(kind) for alias in node.names)  # type: ignore[attr-defined]
         )
 
     def _may_be_bound_to_a_constant(self, node: ast.Name | ast.Attribute) -> bool:
@@ -106,8 +124,24 @@ class Constants:
         case (a name bound to a tensor) then costs a dictionary lookup."""
         key = binding_key(node)
         if key not in self._constant_keys:
-            self._constant_keys[key] = any(_looks_constant(value) for value in self.bindings.bound_values(node))  # type: ignore[arg-type]
+            self._constant_keys[key] = key in self._keys_bound_to_constant_looking_values and any(
+                _looks_constant(value) for value in self.bindings.bound_values(node)  # type: ignore[arg-type]
+            )
         return self._constant_keys[key]
+
+    @cached_property
+    def _keys_bound_to_constant_looking_values(self) -> set[str | None]:
+        """The names some assignment of the module binds to what looks like a constant, read off the
+        assignments alone: a module that names no constant never builds its bindings here."""
+        analysis = self.analysis
+        found: set[str | None] = set()
+        for node in analysis.nodes(ast.Assign):
+            if _looks_constant(node.value):
+                found.update(binding_key(target) for target in node.targets)
+        for node in analysis.nodes(ast.AnnAssign) + analysis.nodes(ast.NamedExpr):  # type: ignore[operator]
+            if node.value is not None and _looks_constant(node.value):
+                found.add(binding_key(node.target))
+        return found
 
 
 def _looks_constant(value: ast.expr) -> bool:

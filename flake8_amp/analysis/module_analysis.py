@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterator, TypeVar
 
 from .autocast_regions import AutocastRegion, region_from_call
 from .names import ImportTable
-from .torch_api import GRAD_DISABLING_CONTEXTS
+from .torch_api import AUTOCAST_CONSTRUCTORS, GRAD_DISABLING_CONTEXTS
 
 if TYPE_CHECKING:
     from .project_index import ProjectIndex
@@ -290,7 +290,7 @@ class ModuleAnalysis:
         (``ctx = nullcontext() if cpu else torch.autocast("cuda")`` ... ``with ctx:``)."""
         if isinstance(expr, ast.Call):
             return region_from_call(expr, owner, self.resolve) or self._region_returned_by(expr, owner)
-        if not isinstance(expr, (ast.Name, ast.Attribute)):
+        if not isinstance(expr, (ast.Name, ast.Attribute)) or not self._calls_a_region_constructor:
             return None
         from .bindings import Bindings, alternatives  # bindings are derived from this analysis
 
@@ -313,7 +313,7 @@ class ModuleAnalysis:
     def _region_returned_by(self, call: ast.Call, owner: ast.AST) -> AutocastRegion | None:
         """``with _get_fp16_context():`` where the module's function returns ``torch.cuda.amp.autocast()``
         (or, on some path, a null context: then a region of unknown state)."""
-        if not isinstance(call.func, ast.Name):
+        if not isinstance(call.func, ast.Name) or not self._calls_a_region_constructor:
             return None
         from .bindings import Bindings  # bindings are derived from this analysis
 
@@ -328,6 +328,15 @@ class ModuleAnalysis:
         if len(regions) < len(returned):
             return AutocastRegion(owner, region.api, region.device_type, region.dtype, None, region.dtype_known)
         return region
+
+    @cached_property
+    def _calls_a_region_constructor(self) -> bool:
+        """Some call of the module may open an autocast region (see ``region_from_call``): without one,
+        no name or function of the module can hold or return a region, and their bindings are not read."""
+        names = set(self._call_positions)
+        if "autocast" in names or any(name and name.endswith("custom_fwd") for name in names):
+            return True
+        return bool(names & self.imports.local_names_for(_AUTOCAST_CONSTRUCTOR_NAMES))
 
     def _disables_grad(self, expr: ast.AST) -> bool:
         target = expr.func if isinstance(expr, ast.Call) else expr
@@ -433,6 +442,7 @@ class ModuleAnalysis:
         return passed
 
 
+_AUTOCAST_CONSTRUCTOR_NAMES = frozenset(AUTOCAST_CONSTRUCTORS)
 # What reads the autocast state in force (to restore it later): torch's, or a project's wrapper so named.
 _AUTOCAST_STATE_READERS = frozenset({"is_autocast_enabled", "is_autocast_cpu_enabled"})
 

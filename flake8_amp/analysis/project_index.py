@@ -87,12 +87,24 @@ class ProjectIndex:
     """One project's index. Use :meth:`for_file`; instances live as long as the process."""
 
     _instances: dict[Path, "ProjectIndex"] = {}
+    #: each linted file's folder -> its project root: a flake8 run asks once per file
+    _roots: dict[Path, Path | None] = {}
+
+    @classmethod
+    def forget(cls) -> None:
+        """Drop every index and remembered root, as a new process would start (for tests)."""
+        cls._instances.clear()
+        cls._roots.clear()
 
     @classmethod
     def for_file(cls, path: str | os.PathLike | None) -> "ProjectIndex | None":
         if not path or str(path) in ("-", "stdin") or not Path(path).is_file():
             return None
-        root = find_root(path)
+        folder = Path(path).parent
+        if folder in cls._roots:
+            root = cls._roots[folder]
+        else:
+            root = cls._roots[folder] = find_root(path)
         if root is None:
             return None
         index = cls._instances.get(root)

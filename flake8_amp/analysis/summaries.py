@@ -53,7 +53,7 @@ _BUILTINS = frozenset(dir(builtins))
 # Tensor methods autocast leaves in the tensor's dtype, besides the shape and elementwise ops.
 _TENSOR_METHODS_KEEPING_PRECISION = DTYPE_KEEPING_OPS | NON_FLOAT_RESULTS | {"mean", "float", "to", "item", "size", "numel", "sqrt", "append", "get"}
 # The names a GradScaler class goes by: torch's, and the copies frameworks keep (ColossalAI's own GradScaler).
-_SCALER_CLASS_NAMES = ("GradScaler", "ShardedGradScaler")
+SCALER_CLASS_NAMES = ("GradScaler", "ShardedGradScaler")
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 LOCAL = "@"
 INSTANCE_CALL = "__call__"
@@ -89,14 +89,22 @@ class RegionInfo:
         )
 
 
+def is_autograd_function(cls: ast.ClassDef, analysis: ModuleAnalysis) -> bool:
+    """``class F(torch.autograd.Function)``, by the base's qualified name (answered without summaries)."""
+    return any(analysis.resolve(base) in AUTOGRAD_FUNCTION_BASES for base in cls.bases)
+
+
 class Summaries:
     """Use as ``analysis.derived(Summaries)``."""
 
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
-        self.bindings = analysis.derived(Bindings)
         self._facts: dict[object, dict] = {}
         self._pending: set[object] = set()
+
+    @cached_property
+    def bindings(self) -> Bindings:
+        return self.analysis.derived(Bindings)
 
     # ---------------------------------------------------------------- this module's definitions
     @cached_property
@@ -138,7 +146,7 @@ class Summaries:
         return None
 
     def is_autograd_function(self, cls: ast.ClassDef) -> bool:
-        return any(self.analysis.resolve(base) in AUTOGRAD_FUNCTION_BASES for base in cls.bases)
+        return is_autograd_function(cls, self.analysis)
 
     def function_of(self, node: ast.AST) -> ast.AST | None:
         """The function (not lambda or class body) ``node`` runs in; None for the module body."""
@@ -655,7 +663,7 @@ class Summaries:
         return any(
             self._enclosing_class(call) is cls
             and (self.analysis.resolve(call.func) in GRAD_SCALER_CONSTRUCTORS or (call_name(call) or "").endswith("GradScaler"))
-            for call in self.analysis.calls_named(*_SCALER_CLASS_NAMES)
+            for call in self.analysis.calls_named(*SCALER_CLASS_NAMES)
         )
 
     def _inherited_states(self, cls: ast.ClassDef) -> dict | None:

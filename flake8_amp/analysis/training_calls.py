@@ -78,8 +78,12 @@ class TrainingCalls:
 
     def __init__(self, analysis: ModuleAnalysis) -> None:
         self.analysis = analysis
-        self.bindings = analysis.derived(Bindings)
         self._optimizer_keys: dict[str, bool] = {}
+
+    @cached_property
+    def bindings(self) -> Bindings:
+        """Built when a question needs them (what an object is, what a loss was computed from)."""
+        return self.analysis.derived(Bindings)
 
     # ---------------------------------------------------------------- module facts
     @cached_property

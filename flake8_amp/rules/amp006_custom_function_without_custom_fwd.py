@@ -9,7 +9,7 @@ from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.summaries import Summaries
+from ..analysis.summaries import Summaries, is_autograd_function
 from ..analysis.torch_api import AUTOCAST_LOWER_PRECISION_OPS, CUSTOM_BWD, CUSTOM_FWD, DTYPE_KEEPING_OPS
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, crashed_here
 from .base import Finding, Rule, Severity
@@ -52,9 +52,9 @@ class CustomFunctionWithoutCustomFwd(Rule):
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         summaries = None
         for cls in analysis.nodes(ast.ClassDef):
-            summaries = summaries or analysis.derived(Summaries)
-            if not summaries.is_autograd_function(cls):
+            if not is_autograd_function(cls, analysis):
                 continue
+            summaries = summaries or analysis.derived(Summaries)
             methods = {
                 method.name: method
                 for method in cls.body

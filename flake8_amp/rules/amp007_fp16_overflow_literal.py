@@ -8,6 +8,7 @@ dtype=torch.float16)``); ``torch.where(mask, -1e9, scores)`` and ``h * 1e5`` sil
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from typing import Iterator
 
 from ..analysis.bindings import Bindings
@@ -67,11 +68,14 @@ class Fp16OverflowLiteral(Rule):
         # evidence, only model code (the methods of an nn.Module that this module does not itself train
         # in float32) is code that some trainer may run under float16 autocast, in a project that runs
         # anything in low precision at all (one that never mentions it runs its models in float32).
-        model_code_may_be_fp16 = (
-            precision is None
-            and not analysis.derived(TrainingCalls).trains
-            and (analysis.project is None or analysis.project.may_run_low_precision())
-        )
+        @lru_cache(maxsize=None)
+        def model_code_may_be_fp16() -> bool:  # asked only of a fill that overflows, of unknown dtype
+            return (
+                precision is None
+                and not analysis.derived(TrainingCalls).trains
+                and (analysis.project is None or analysis.project.may_run_low_precision())
+            )
+
         values = None
         for call in analysis.calls_named(*_FILL_NAMES):
             site = _fill_site(call, analysis)
@@ -86,7 +90,7 @@ class Fp16OverflowLiteral(Rule):
             if verdict == NOT_FP16:
                 continue
             if verdict != FP16:
-                if not (precision == FP16_PRECISION or model_code_may_be_fp16 and _in_model_code(call, analysis)):
+                if not (precision == FP16_PRECISION or model_code_may_be_fp16() and _in_model_code(call, analysis)):
                     continue
                 if precision != FP16_PRECISION and tensor is not None and values.float32_under_autocast(tensor):
                     continue  # `(1 - probs.gather(...)).masked_fill(m, -1e5)`: autocast runs softmax in float32

@@ -9,7 +9,7 @@ from ..analysis.checkpoints import checkpoint_states
 from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import excerpt
-from ..analysis.summaries import LOCAL, Summaries
+from ..analysis.summaries import LOCAL, SCALER_CLASS_NAMES, Summaries
 from ..analysis.training_calls import TrainingCalls
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
@@ -114,9 +114,10 @@ class CheckpointWithoutScalerState(Rule):
     def _state_dict_methods(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         """A class that owns a GradScaler and whose ``state_dict()``, its own or the one it inherits,
         leaves it out."""
-        summaries = None
+        if not analysis.calls_named(*SCALER_CLASS_NAMES):
+            return  # no class here builds a GradScaler
+        summaries = analysis.derived(Summaries)
         for cls in analysis.nodes(ast.ClassDef):
-            summaries = summaries or analysis.derived(Summaries)
             if not summaries.owns_scaler(cls):
                 continue
             facts = summaries.class_facts(cls)

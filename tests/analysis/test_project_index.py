@@ -24,9 +24,9 @@ def project(tmp_path):
     because train.py runs it under autocast, two modules away."""
     target = tmp_path / "project"
     shutil.copytree(HELPER_PROJECT, target, ignore=shutil.ignore_patterns(CACHE_DIRECTORY))
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
     yield target
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
 
 
 def lint(path: Path, **options) -> list[str]:
@@ -62,12 +62,12 @@ def test_a_second_run_parses_nothing_that_did_not_change(project, monkeypatch):
     ignore = project / CACHE_DIRECTORY / ".gitignore"
     assert ignore.read_text().splitlines()[-1] == "*"  # the cache keeps itself out of version control
 
-    ProjectIndex._instances.clear()  # a new process
+    ProjectIndex.forget()  # a new process
     summarised.clear()
     assert lint(project / "attention_utils.py") == ["8:31 AMP007"]
     assert summarised == []
 
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
     train = project / "train.py"
     train.write_text(train.read_text().replace("dtype=torch.float16", "dtype=torch.bfloat16"))
     assert lint(project / "attention_utils.py") == []  # bfloat16 has float32's range
@@ -193,12 +193,12 @@ def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):
     (root / "tests").mkdir(parents=True)
     (root / "pyproject.toml").write_text("")
     (root / "model.py").write_text("import torch\n\nscores = torch.zeros(2).masked_fill(torch.ones(2).bool(), -1e9)\n")
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
     assert ProjectIndex(root).may_run_low_precision() is False
     # a mention anywhere counts, a test's included, and its text is enough (even a comment)
     (root / "tests" / "test_model.py").write_text("# runs the model in fp16 too\n")
     assert ProjectIndex(root).may_run_low_precision() is True
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
 
 
 def test_a_project_stops_running_low_precision_only_when_no_module_says_it_any_more(tmp_path):
@@ -213,7 +213,7 @@ def test_a_project_stops_running_low_precision_only_when_no_module_says_it_any_m
     (root / "c.py").write_text("import torch\nDTYPE = torch.bfloat16\n")
 
     def mentions() -> bool:
-        ProjectIndex._instances.clear()
+        ProjectIndex.forget()
         return ProjectIndex(root).may_run_low_precision()
 
     assert mentions() is True
@@ -223,7 +223,7 @@ def test_a_project_stops_running_low_precision_only_when_no_module_says_it_any_m
     assert mentions() is False
     (root / "d.py").write_text("import torch\nx = torch.ones(2).half()\n")
     assert mentions() is True
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
 
 
 def test_which_modules_a_module_opening_autocast_imports(tmp_path):
@@ -240,9 +240,9 @@ def test_which_modules_a_module_opening_autocast_imports(tmp_path):
     (root / "bf16_train.py").write_text("import torch\nfrom pkg.fused import op\n")
     # a test opens autocast to exercise code on purpose: what it imports is no evidence
     (root / "tests" / "test_fused.py").write_text('import torch\nfrom pkg.fused import op\n\nwith torch.autocast("cuda"):\n    op()\n')
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
     index = ProjectIndex(root)
     reached = {path.name for path in root.rglob("*.py") if index.reached_from_autocast(str(path))}
     # through `import pkg.model`, then its relative and `from pkg import` imports (which load the package)
     assert reached == {"train.py", "model.py", "kernels.py", "layers.py", "__init__.py"}
-    ProjectIndex._instances.clear()
+    ProjectIndex.forget()
