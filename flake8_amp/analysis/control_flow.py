@@ -259,6 +259,8 @@ class ControlFlow:
                         facts = facts | facts_when(child.test, False)
                     elif else_exits and not body_exits:
                         facts = facts | facts_when(child.test, True)
+                    if not (body_exits and else_exits):
+                        facts = facts | _not_on_a_nested_exit(child)
                 elif isinstance(child, (*Loop, ast.With, ast.AsyncWith)):
                     pending.append((child.body, facts))
                     pending.append((getattr(child, "orelse", []), facts))
@@ -343,6 +345,50 @@ class ControlFlow:
 
 def _always_exits(block: list) -> bool:
     return bool(block) and isinstance(block[-1], _EXITS)
+
+
+_MAX_EXIT_PATHS = 8
+
+
+def _not_on_a_nested_exit(statement: ast.If) -> frozenset[Fact]:
+    """What the statements after ``statement`` know from the exits nested in it: after
+    ``if a: ... if b: break``, not both ``a`` and ``b`` hold (imaginaire's ``if clip: ... if skip_grad:
+    step(); update(); break``). An arm that always exits is left to the caller, which knows more (the
+    opposite of its condition). Only ``if`` and ``with`` blocks are entered: a ``break`` inside a
+    nested loop leaves that loop, not this block."""
+    found: set[Fact] = set()
+    for path in _exit_paths(statement, depth=0, top=True)[:_MAX_EXIT_PATHS]:
+        if not path or any(fact.one_of for fact in path):
+            continue  # a compound condition on the way: "not all of them" is not expressible
+        parts = tuple(sorted((fact.negated for fact in path), key=lambda fact: (fact.key, fact.holds)))
+        key = "not (" + " and ".join(("" if fact.holds else "not ") + fact.key for fact in sorted(path, key=lambda f: f.key)) + ")"
+        found.add(Fact(key, True, parts) if len(parts) > 1 else parts[0])
+    return frozenset(found)
+
+
+def _exit_paths(statement: ast.If, *, depth: int, top: bool) -> list[frozenset[Fact]]:
+    """The conditions (from ``statement`` down) of each way into an arm that ends in an exit."""
+    if depth > 4:
+        return []
+    paths: list[frozenset[Fact]] = []
+    for arm, truth in ((statement.body, True), (statement.orelse, False)):
+        if not arm:
+            continue
+        arm_facts = facts_when(statement.test, truth)
+        if _always_exits(arm):
+            if not top:  # the top statement's own exiting arm is handled where it is indexed
+                paths.append(arm_facts)
+            continue
+        pending = list(arm)
+        while pending:
+            inner = pending.pop()
+            if isinstance(inner, ast.If):
+                paths += [arm_facts | path for path in _exit_paths(inner, depth=depth + 1, top=False)]
+            elif isinstance(inner, (ast.With, ast.AsyncWith)):
+                pending += inner.body
+        if len(paths) > _MAX_EXIT_PATHS:
+            break
+    return paths
 
 
 def _old_torch_when(test: ast.AST) -> bool | str | None:

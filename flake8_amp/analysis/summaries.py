@@ -509,9 +509,20 @@ class Summaries:
         """The positions, in a call, of the parameters the function hands to ``torch.save`` as the
         object to save (``def save_checkpoint(state, is_best, save_dir): torch.save(state, path)``)."""
         positional = self._call_positions(function)
+        vararg = function.args.vararg  # type: ignore[attr-defined]
         found = set()
         for call in self.calls_in(function.body):  # type: ignore[attr-defined]
-            if not call.args or not isinstance(call.args[0], ast.Name) or call.args[0].id not in positional:
+            first = call.args[0] if call.args else None
+            if (
+                isinstance(first, ast.Starred)
+                and vararg is not None
+                and isinstance(first.value, ast.Name)
+                and first.value.id == vararg.arg
+                and self.analysis.resolve(call.func) == "torch.save"
+            ):
+                found.add(len(positional))  # `def save_on_master(*args, **kwargs): torch.save(*args, **kwargs)`
+                continue
+            if not isinstance(first, ast.Name) or first.id not in positional:
                 continue
             if self.analysis.resolve(call.func) != "torch.save":
                 continue

@@ -17,6 +17,11 @@ AUTOCAST_CONSTRUCTORS: dict[str, str | None] = {
     "torch.cpu.amp.autocast_mode.autocast": "cpu",
 }
 
+# Classes of other libraries that build and own a GradScaler: timm's NativeScaler, the loss scaler of
+# DeiT-style trainers (`loss_scaler = NativeScaler()` ... `loss_scaler(loss, optimizer)`), whose
+# `state_dict()` is the GradScaler's.
+GRAD_SCALER_OWNERS = frozenset({"timm.utils.NativeScaler", "timm.utils.cuda.NativeScaler"})
+
 GRAD_SCALER_CONSTRUCTORS = frozenset(
     {
         "torch.amp.GradScaler",

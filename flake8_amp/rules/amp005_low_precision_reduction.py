@@ -76,6 +76,8 @@ class LowPrecisionReduction(Rule):
             origin = flow.origin(value)
             if origin is None:
                 continue
+            if origin.kind == "autocast" and origin.dtype == "bfloat16":
+                continue  # bfloat16 has float32's range: a float32 accumulator's result cannot overflow it
             if origin.kind == "autocast":
                 reason = f"a {origin.dtype_label} value from the autocast block (line {origin.line})"
             elif origin.dtype == "float16":

@@ -237,8 +237,17 @@ class _BackwardDtypes:
                 continue
             elif isinstance(statement, ast.If):
                 self._label(statement.test, env)
-                taken = self._block(statement.body, dict(env))
-                env = _merge(taken, self._block(statement.orelse, dict(env)))
+                body_env, else_env = dict(env), dict(env)
+                same = _same_dtype_when(statement.test)
+                if same is not None:
+                    # `if grad.dtype != saved.dtype: grad = grad.to(saved.dtype)`: on the arm where the
+                    # dtypes are already equal, the first has the second's dtype (scattermoe's backward)
+                    names, arm_env = same
+                    target = body_env if arm_env else else_env
+                    if env.get(names[1]):
+                        target[names[0]] = env[names[1]]
+                taken = self._block(statement.body, body_env)
+                env = _merge(taken, self._block(statement.orelse, else_env))
             elif isinstance(statement, (ast.For, ast.AsyncFor, ast.While)):
                 # The body may run or not: what it binds merges with what came before.
                 self._label(getattr(statement, "iter", None) or statement.test, env)  # type: ignore[arg-type]
@@ -356,6 +365,22 @@ class _BackwardDtypes:
             if _GRADIENT in label and any(_CLASHES_WITH_GRADIENT & other for other in others):
                 self.clash = node
                 return
+
+
+def _same_dtype_when(test: ast.expr) -> tuple[tuple[str, str], bool] | None:
+    """For ``a.dtype == b.dtype`` (or ``!=``, or ``is``) between two names: the names, and whether the
+    dtypes are equal in the ``if`` arm (True) or in the ``else`` arm (False)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return None
+    sides = [test.left, test.comparators[0]]
+    if not all(isinstance(side, ast.Attribute) and side.attr == "dtype" and isinstance(side.value, ast.Name) for side in sides):
+        return None
+    names = (sides[0].value.id, sides[1].value.id)  # type: ignore[attr-defined]
+    if isinstance(test.ops[0], (ast.Eq, ast.Is)):
+        return names, True
+    if isinstance(test.ops[0], (ast.NotEq, ast.IsNot)):
+        return names, False
+    return None
 
 
 _Label = frozenset  # of _GRADIENT, _SAVED, _CONTEXT, _FLOAT32, _MIXED: the classes a value may have

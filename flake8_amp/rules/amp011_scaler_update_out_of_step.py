@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections import defaultdict
 from typing import Iterator
 
@@ -105,6 +106,10 @@ class ScalerUpdateOutOfStep(Rule):
                                 fix=f"move {scaler}.update() under the same condition as {scaler}.step()",
                             )
                     elif event.kind == UNSCALE and event not in in_step:
+                        if not updates and not _built_in(scope, training, analysis):
+                            # A helper handed the scaler (nerfstudio's optimizer_scaler_step_all): whoever
+                            # calls it runs update(), and whether that is every pass is not visible here.
+                            continue
                         why = (
                             "and the gradients it unscaled accumulate into the next pass, which unscales them again"
                             if event in updated
@@ -154,6 +159,11 @@ class ScalerUpdateOutOfStep(Rule):
             seen.append(update)
 
 
+def _built_in(scope: ast.AST | None, training: TrainingCalls, analysis: ModuleAnalysis) -> bool:
+    """A GradScaler is built in ``scope`` itself (a training loop's function, or the module body)."""
+    return any(analysis.context(call).function is scope for call in training.grad_scaler_constructions)
+
+
 def _paired(event: TrainingEvent, guards: list[frozenset[Fact]], flow: ControlFlow) -> bool:
     """``event`` runs only where one of the ``guards`` holds."""
     facts = flow.assumptions(event.call)
@@ -165,5 +175,11 @@ def _guards(steps: list[TrainingEvent], flow: ControlFlow) -> list[frozenset[Fac
     ... step() else: step()`` steps whatever ``clip`` is)."""
     facts = [flow.assumptions(step.call) for step in steps]
     every = set().union(*facts) if facts else set()
+
+    def opposed(fact: Fact) -> bool:
+        if fact.one_of:  # "not all of a, b, c": another step runs where all of them hold (an early exit)
+            return any(all(part.negated in other for part in fact.one_of) for other in facts)
+        return fact.negated in every
+
     # "not on a TPU" holds wherever the scaler runs at all, so it guards nothing
-    return [frozenset(f for f in own if f.negated not in every and not excluded_by_cuda_amp(f)) for own in facts]
+    return [frozenset(f for f in own if not opposed(f) and not excluded_by_cuda_amp(f)) for own in facts]

@@ -63,6 +63,11 @@ class AutocastValueInDisabledRegion(Rule):
     @staticmethod
     def _harmless(name: ast.Name, analysis: ModuleAnalysis) -> bool:
         parent = analysis.parents.get(name)
+        element: ast.AST = name
+        while isinstance(parent, ast.Subscript) and parent.value is element:
+            element, parent = parent, analysis.parents.get(parent)  # `feats[0].float()`: an element, cast
+        if element is not name:
+            return isinstance(parent, ast.Attribute) and parent.attr in _HARMLESS_ATTRIBUTES
         if isinstance(parent, ast.Attribute) and parent.attr in _HARMLESS_ATTRIBUTES:
             return True
         if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id in _HARMLESS_CALLS:

@@ -10,6 +10,7 @@ from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import excerpt
 from ..analysis.summaries import LOCAL, SCALER_CLASS_NAMES, Summaries
+from ..analysis.torch_api import GRAD_SCALER_OWNERS
 from ..analysis.training_calls import TrainingCalls
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
@@ -86,7 +87,7 @@ class CheckpointWithoutScalerState(Rule):
         training = analysis.derived(TrainingCalls)
         # a GradScaler built here, or one handed in that the module uses (`scaler.scale(loss).backward()`,
         # `scaler.unscale_(optimizer)`): the trainer of a project that builds it in main.py
-        uses_scaler = training.uses_grad_scaler or bool(training.scalers)
+        uses_scaler = training.uses_grad_scaler or bool(training.scalers) or bool(analysis.calls_to(GRAD_SCALER_OWNERS))
         reported: set[tuple[ast.AST | None, str]] = set()
         saves = [(call, saved, checkpoint_states(saved, analysis)) for call, saved in _saves(analysis, uses_scaler)]
         # A checkpoint may be a folder of files (transformers' Trainer writes optimizer.pt and, beside it,

@@ -135,6 +135,33 @@ def test_one_setting_equal_to_two_different_constants_is_two_paths():
         assert flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
 
 
+def test_an_exit_nested_in_conditions_excludes_the_rest_of_the_block_on_that_path():
+    analysis, flow = flow_of(
+        """
+        def update(self):
+            while True:
+                if clip:
+                    clipped()
+                    if too_large:
+                        if skip:
+                            skipped()
+                            break
+                    for group in groups:
+                        if empty:
+                            continue  # leaves the inner loop's pass, not this block
+                after()
+                if other:
+                    return
+                last()
+        """
+    )
+    assert not flow.may_share_a_pass(call(analysis, "skipped"), call(analysis, "after"))
+    assert flow.may_share_a_pass(call(analysis, "clipped"), call(analysis, "after"))  # clip without skipping
+    assert flow.may_share_a_pass(call(analysis, "skipped"), call(analysis, "clipped"))
+    assert not flow.may_share_a_pass(call(analysis, "skipped"), call(analysis, "last"))
+    assert flow.assumptions(call(analysis, "last")) >= {Fact("other", False)}
+
+
 def test_an_early_exit_makes_the_opposite_hold_for_the_rest_of_the_block():
     analysis, flow = flow_of(
         """
