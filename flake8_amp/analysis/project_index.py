@@ -41,7 +41,7 @@ from .. import __version__
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 CACHE_DIRECTORY = ".flake8_amp_cache"
-_SCHEMA = 14
+_SCHEMA = 15
 _SKIPPED_DIRECTORIES = frozenset({"__pycache__", "node_modules", "site-packages", "build", "dist", "venv", "env"})
 #: beyond this many modules, the project-wide question (autocast_uses) is not asked of the whole tree
 _MAX_FILES = 20_000
@@ -490,7 +490,7 @@ class ProjectIndex:
                 mentions = _may_open_autocast(source)
                 # once one module says it, the project runs in low precision: the rest need not be
                 # searched (None: not searched), unless that module changes (see below)
-                low_precision = None if self._any_low_precision else _LOW_PRECISION_TEXT.search(source) is not None
+                low_precision = None if self._any_low_precision else _says_low_precision(source)
                 may_train = _TRAINING_TEXT.search(source) is not None
                 manifest[key] = [stat.st_size, stat.st_mtime_ns, mentions, low_precision, may_train]
                 changed = True
@@ -518,7 +518,7 @@ class ProjectIndex:
         for path, key in unsearched if not self._any_low_precision else ():
             # the module that said it has changed and no longer does: ask the others after all
             try:
-                found = _LOW_PRECISION_TEXT.search(path.read_bytes()) is not None
+                found = _says_low_precision(path.read_bytes())
             except OSError:
                 continue
             manifest[key][3] = found
@@ -580,7 +580,21 @@ _MAY_OPEN_AUTOCAST = re.compile(
 
 # A module whose text can run a training step: its functions may train what it imports.
 _TRAINING_TEXT = re.compile(rb"\.backward\(|\.step\(")
-_LOW_PRECISION_TEXT = re.compile(rb"float16|bfloat16|\.half\(|\bhalf\b|\b[fb]p16\b|16-mixed|autocast|\bamp\b|HalfTensor", re.I)
+_LOW_PRECISION_TEXT = re.compile(rb"float16|bfloat16|\.half\(|torch\.half\b|\b[fb]p16\b|16-mixed|autocast|\bamp\b|HalfTensor", re.I)
+
+
+def _says_low_precision(source: bytes) -> bool:
+    """The module's code (not a comment: ``# With Amp, it isn't necessary to convert data to half``)
+    mentions a low-precision format, autocast, an fp16/bf16 option or apex's amp."""
+    position = 0
+    while (match := _LOW_PRECISION_TEXT.search(source, position)) is not None:
+        line_start = source.rfind(b"\n", 0, match.start()) + 1
+        if b"#" not in source[line_start : match.start()]:
+            return True
+        position = source.find(b"\n", match.end())
+        if position < 0:
+            return False
+    return False
 
 
 def _may_open_autocast(source: bytes) -> bool:

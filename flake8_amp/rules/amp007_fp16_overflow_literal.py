@@ -8,19 +8,16 @@ dtype=torch.float16)``); ``torch.where(mask, -1e9, scores)`` and ``h * 1e5`` sil
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
 from typing import Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.constants import constant_value, is_int_constant, overflows_fp16
-from ..analysis.control_flow import ancestors
 from ..analysis.dtypes import literal_dtype
 from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values
+from ..analysis.model_code import in_model_code, model_code_may_be_fp16
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
-from ..analysis.summaries import Summaries
-from ..analysis.training_calls import TrainingCalls
 from ..runtime.evidence import LineEvidence, Outcome, RunEvidence, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
 
@@ -68,14 +65,6 @@ class Fp16OverflowLiteral(Rule):
         # evidence, only model code (the methods of an nn.Module that this module does not itself train
         # in float32) is code that some trainer may run under float16 autocast, in a project that runs
         # anything in low precision at all (one that never mentions it runs its models in float32).
-        @lru_cache(maxsize=None)
-        def model_code_may_be_fp16() -> bool:  # asked only of a fill that overflows, of unknown dtype
-            return (
-                precision is None
-                and not analysis.derived(TrainingCalls).trains
-                and (analysis.project is None or analysis.project.may_run_low_precision())
-            )
-
         values = None
         for call in analysis.calls_named(*_FILL_NAMES):
             site = _fill_site(call, analysis)
@@ -90,7 +79,7 @@ class Fp16OverflowLiteral(Rule):
             if verdict == NOT_FP16:
                 continue
             if verdict != FP16:
-                if not (precision == FP16_PRECISION or model_code_may_be_fp16() and _in_model_code(call, analysis)):
+                if not (precision == FP16_PRECISION or precision is None and analysis.derived(model_code_may_be_fp16) and in_model_code(call, analysis)):
                     continue
                 if precision != FP16_PRECISION and tensor is not None and values.float32_under_autocast(tensor):
                     continue  # `(1 - probs.gather(...)).masked_fill(m, -1e5)`: autocast runs softmax in float32
@@ -235,33 +224,3 @@ def _reason(node: ast.AST, analysis: ModuleAnalysis) -> str:
     return region.reason() if region is not None else ""
 
 
-def _in_model_code(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """In a method of a class deriving from ``torch.nn.*`` (Module and its subclasses) or a LightningModule:
-    directly, through a class of this module, or through a class of the project (``class
-    XmodLayer(TransformerEncoderLayerBase)``, read through the project index)."""
-    for _, parent in ancestors(node, analysis, cross_scopes=True):
-        if isinstance(parent, ast.ClassDef):
-            return _is_model_class(parent, analysis, 0)
-    return False
-
-
-def _is_torch_module(qualified: str) -> bool:
-    return qualified.startswith("torch.nn.") or qualified.endswith("LightningModule")
-
-
-def _is_model_class(cls: ast.ClassDef, analysis: ModuleAnalysis, depth: int) -> bool:
-    summaries = analysis.derived(Summaries)
-    for base in cls.bases:
-        local = summaries.local_class(base)
-        if local is not None:
-            if depth < _MAX_DEPTH and _is_model_class(local, analysis, depth + 1):
-                return True
-            continue
-        qualified = analysis.resolve(base) or ""
-        if _is_torch_module(qualified):
-            return True
-        project = analysis.project
-        if qualified and not qualified.startswith("torch.") and project is not None and analysis.path:
-            if project.derives_from(analysis.path, qualified, _is_torch_module):
-                return True
-    return False

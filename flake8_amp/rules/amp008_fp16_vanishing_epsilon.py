@@ -13,9 +13,12 @@ import math
 from typing import Iterator
 
 from ..analysis.constants import constant_value, rounds_to_zero_in_fp16
+from ..analysis.control_flow import ControlFlow
 from ..analysis.dtypes import FP16_MAX, cast_dtype
-from ..analysis.fp16_values import FP16, Fp16Values
+from ..analysis.fp16_values import FP16, NOT_FP16, Fp16Values
+from ..analysis.model_code import in_model_code, model_code_may_be_fp16
 from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
 from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
@@ -99,10 +102,23 @@ class Fp16VanishingEpsilon(Rule):
                 if not _guards_a_singularity(node, analysis):
                     continue
                 values = values or analysis.derived(Fp16Values)
-                if values.verdict(other) == FP16:
+                verdict = values.verdict(other)
+                if verdict == FP16:
                     yield self.finding(
                         eps,
                         f"{ast.unparse(eps)} added to '{excerpt(other)}', a float16 value, rounds to zero in float16",
+                    )
+                elif (
+                    verdict != NOT_FP16
+                    and _guarded_by_log(node, analysis)
+                    and _sigmoid_probability(other, analysis, values)
+                    and _unknown_dtype_may_be_fp16(node, analysis)
+                ):
+                    yield self.finding(
+                        eps,
+                        f"{ast.unparse(eps)} added to '{excerpt(other)}', a sigmoid probability that autocast "
+                        "leaves in float16, rounds to zero in float16: the log is -inf once it saturates",
+                        fix="use F.logsigmoid(x) (log p) and F.logsigmoid(-x) (log(1 - p)) on the logits, or an epsilon of 1e-4",
                     )
 
 
@@ -121,6 +137,61 @@ def _norm_message(call: ast.Call, eps: ast.expr, value: float | None) -> str:
             "constant row is inf/NaN, and float16 kernels or exports round eps to 0"
         )
     return f"{where} rounds to 0 wherever the norm is computed in float16 (ONNX/TensorRT exports, fused kernels)"
+
+
+def _guarded_by_log(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:
+    """``torch.log(p + eps)``, ``(p + eps).log()``."""
+    parent = analysis.parents.get(add)
+    if isinstance(parent, ast.Call) and add in parent.args:
+        return call_name(parent) in _LOGS
+    return isinstance(parent, ast.Attribute) and parent.attr in _LOGS and isinstance(analysis.parents.get(parent), ast.Call)
+
+
+_LOGS = frozenset({"log", "log2", "log10"})
+_SIGMOIDS = frozenset({"sigmoid", "expit"})
+# Ops that only move elements around: a sigmoid's output stays one through them.
+_LAYOUT_OPS = frozenset({"flatten", "view", "reshape", "unsqueeze", "squeeze", "permute", "transpose", "contiguous", "detach", "clone"})
+
+
+def _sigmoid_probability(
+    node: ast.AST, analysis: ModuleAnalysis, values: Fp16Values, depth: int = 0, use: ast.AST | None = None
+) -> bool:
+    """``p`` or ``1 - p`` where ``p`` is a sigmoid of a value not known to be float32
+    (``outputs["pred_logits"].flatten(0, 1).sigmoid()``), directly or through names bound to one on the
+    use's path (``if focal: p = x.sigmoid() else: p = x.softmax(-1)`` ... ``if focal: (p + 1e-8).log()``):
+    a DETR matcher's class cost ``-(p + 1e-8).log()``, ``-(1 - p + 1e-8).log()``."""
+    use = use or node
+    if depth > 3:
+        return False
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and isinstance(node.left, ast.Constant) and node.left.value == 1:
+        return _sigmoid_probability(node.right, analysis, values, depth + 1, use)
+    while isinstance(node, ast.Subscript) or isinstance(node, ast.Call) and call_name(node) in _LAYOUT_OPS and isinstance(node.func, ast.Attribute):
+        node = node.value if isinstance(node, ast.Subscript) else node.func.value  # type: ignore[attr-defined]
+    if isinstance(node, ast.Call) and call_name(node) in _SIGMOIDS:
+        argument = node.func.value if isinstance(node.func, ast.Attribute) and not node.args else (node.args[0] if node.args else None)
+        if isinstance(node.func, ast.Attribute) and not node.args:
+            qualified = analysis.resolve(node.func)
+            if qualified is not None and not qualified.startswith("torch."):
+                return False  # scipy.special.expit, numpy: not a tensor op
+        return argument is not None and values.verdict(argument) != NOT_FP16
+    if isinstance(node, ast.Name):
+        from ..analysis.bindings import Bindings  # read only for a name guarded by a log
+
+        flow = analysis.derived(ControlFlow)
+        bindings = [b for b in analysis.derived(Bindings).reaching(node) if flow.may_share_a_pass(b.statement, use)]
+        if not bindings or any(b.value is None for b in bindings):
+            return False  # a parameter, a loop target: not a sigmoid seen here
+        return all(_sigmoid_probability(b.value, analysis, values, depth + 1, use) for b in bindings)
+    return False
+
+
+def _unknown_dtype_may_be_fp16(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """A value of unknown dtype may be float16: the module works in float16, or (showing no format of its
+    own) this is model code of a project that runs low precision."""
+    precision = analysis.derived(module_precision)
+    if precision == FP16_PRECISION:
+        return True
+    return precision is None and analysis.derived(model_code_may_be_fp16) and in_model_code(node, analysis)
 
 
 def _guards_a_singularity(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:

@@ -195,8 +195,14 @@ def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):
     (root / "model.py").write_text("import torch\n\nscores = torch.zeros(2).masked_fill(torch.ones(2).bool(), -1e9)\n")
     ProjectIndex.forget()
     assert ProjectIndex(root).may_run_low_precision() is False
-    # a mention anywhere counts, a test's included, and its text is enough (even a comment)
-    (root / "tests" / "test_model.py").write_text("# runs the model in fp16 too\n")
+    # a comment is no code that runs anything in low precision (Deformable-DETR's "With Amp, it isn't
+    # necessary to manually convert data to half")
+    (root / "tests" / "test_model.py").write_text("# runs the model in fp16 too\nimport torch\n")
+    ProjectIndex.forget()
+    assert ProjectIndex(root).may_run_low_precision() is False
+    # a mention in code anywhere counts, a test's included
+    (root / "tests" / "test_model.py").write_text("import torch\nmodel = torch.nn.Linear(2, 2).half()  # fp16\n")
+    ProjectIndex.forget()
     assert ProjectIndex(root).may_run_low_precision() is True
     ProjectIndex.forget()
 
