@@ -110,14 +110,21 @@ class Constants:
 
     @cached_property
     def _float_is_rebound(self) -> bool:
-        """The module binds the name ``float`` itself (an assignment, a parameter, a def, an import)."""
+        """The module binds the name ``float`` itself, as its bindings say; asked of them only when the
+        name is stored, a parameter, a definition, a handler's or an import's name anywhere."""
         analysis = self.analysis
-        return (
+        may_be = (
             any(isinstance(node.ctx, ast.Store) and node.id == "float" for node in analysis.nodes(ast.Name))
             or any(node.arg == "float" for node in analysis.nodes(ast.arg))
-            or any(node.name == "float" for kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef) for node in analysis.nodes(kind))  # type: ignore[attr-defined]
-            or any((alias.asname or alias.name) == "float" for kind in (ast.Import, ast.ImportFrom) for node in analysis.nodes(kind) for alias in node.names)  # type: ignore[attr-defined]
+            or any(node.name == "float" for kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler) for node in analysis.nodes(kind))  # type: ignore[attr-defined]
+            or any(
+                (alias.asname or alias.name).partition(".")[0] == "float"
+                for kind in (ast.Import, ast.ImportFrom)
+                for node in analysis.nodes(kind)
+                for alias in node.names  # type: ignore[attr-defined]
+            )
         )
+        return may_be and self.bindings.is_bound("float")
 
     def _may_be_bound_to_a_constant(self, node: ast.Name | ast.Attribute) -> bool:
         """Decided once per name on the shape of its bindings alone, before any scope work: the common

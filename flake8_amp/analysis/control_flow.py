@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterator
 
-from .module_analysis import ModuleAnalysis
+from .module_analysis import ModuleAnalysis, call_name
 
 Boundary = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 Loop = (ast.For, ast.AsyncFor, ast.While)
@@ -118,24 +118,35 @@ def _single_fact(node: ast.AST, value: bool) -> list[Fact]:
 
 
 # Spellings of one dtype: ``dtype == torch.half`` and ``dtype == torch.float16`` are the same condition.
-_DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64", "bfloat": "bfloat16"}
+_DTYPE_ALIASES = {
+    "half": "float16", "float": "float32", "double": "float64", "long": "int64", "int": "int32", "short": "int16",
+    "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32",
+}
+_DTYPES = frozenset(
+    {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool", "complex32",
+     "complex64", "complex128", "float8_e4m3fn", "float8_e5m2"}
+)
 
 
 def _equates(compare: ast.Compare) -> tuple[str, str] | None:
-    """``x == C`` (or ``C == x``) with ``C`` a constant: ``(x, C)`` by normalised text, else None."""
+    """``x == C`` (or ``C == x``) with ``C`` a constant and ``x`` free of calls: ``(x, C)``, the constant
+    as ``kind:value`` (a string, a number, a torch dtype, a member of one enum class), else None."""
     left, right = compare.left, compare.comparators[0]
     for subject, constant in ((left, right), (right, left)):
         value = _constant_text(constant)
-        if value is not None and _constant_text(subject) is None:
+        if value is not None and _constant_text(subject) is None and not any(isinstance(n, ast.Call) for n in ast.walk(subject)):
             return _normalised(subject), value
     return None
 
 
 def _constant_text(node: ast.AST) -> str | None:
-    """A value no assignment can change: a literal (``"fp16"``, ``2``), a torch dtype (``torch.half``,
-    by its canonical name) or an enum member (``AmpType.APEX``, ``Mode.TRAIN``)."""
+    """A value no assignment can change, with its kind: a literal (``str:'fp16'``, ``number:2.0``), a torch
+    dtype (``dtype:float16`` for ``torch.half``) or an enum member (``AmpType:APEX``). Constants of
+    different kinds are not compared (a str Enum's member may equal a string)."""
     if isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None:
-        return repr(node.value)
+        if isinstance(node.value, (int, float)):
+            return f"number:{float(node.value)!r}"
+        return f"{type(node.value).__name__}:{node.value!r}"
     if not isinstance(node, ast.Attribute):
         return None
     parts = [node.attr]
@@ -146,10 +157,11 @@ def _constant_text(node: ast.AST) -> str | None:
     if not isinstance(root, ast.Name):
         return None
     if root.id == "torch" and len(parts) == 1:
-        return "torch." + _DTYPE_ALIASES.get(node.attr, node.attr)
-    enum_class = parts[-1] if len(parts) > 1 else root.id  # Cls.MEMBER, module.Cls.MEMBER
+        dtype = _DTYPE_ALIASES.get(node.attr, node.attr)
+        return f"dtype:{dtype}" if dtype in _DTYPES else None
+    enum_class = parts[1] if len(parts) > 1 else root.id  # Cls.MEMBER, module.Cls.MEMBER
     if enum_class[:1].isupper() and not enum_class.isupper() and node.attr.isupper():
-        return _normalised(node)
+        return f"{_normalised(node.value)}:{node.attr}"
     return None
 
 
@@ -181,10 +193,12 @@ def _equal_to_different_constants(small: frozenset[Fact], large: frozenset[Fact]
     held = {fact.equates[0]: fact.equates[1] for fact in small if fact.holds and fact.equates}
     if not held:
         return False
-    return any(
-        fact.holds and fact.equates and held.get(fact.equates[0], fact.equates[1]) != fact.equates[1]
-        for fact in large
-    )
+    for fact in large:
+        if fact.holds and fact.equates and fact.equates[0] in held:
+            mine, theirs = held[fact.equates[0]], fact.equates[1]
+            if mine != theirs and mine.rpartition(":")[0] == theirs.rpartition(":")[0]:
+                return True  # two constants of one kind (two strings, two dtypes, two members of one enum)
+    return False
 
 
 def _denies_every_alternative(facts: frozenset[Fact], others: frozenset[Fact]) -> bool:
@@ -357,13 +371,35 @@ def _not_on_a_nested_exit(statement: ast.If) -> frozenset[Fact]:
     opposite of its condition). Only ``if`` and ``with`` blocks are entered: a ``break`` inside a
     nested loop leaves that loop, not this block."""
     found: set[Fact] = set()
-    for path in _exit_paths(statement, depth=0, top=True)[:_MAX_EXIT_PATHS]:
+    for index, path in enumerate(_exit_paths(statement, depth=0, top=True)[:_MAX_EXIT_PATHS]):
         if not path or any(fact.one_of for fact in path):
             continue  # a compound condition on the way: "not all of them" is not expressible
         parts = tuple(sorted((fact.negated for fact in path), key=lambda fact: (fact.key, fact.holds)))
-        key = "not (" + " and ".join(("" if fact.holds else "not ") + fact.key for fact in sorted(path, key=lambda f: f.key)) + ")"
+        # A key no consumer can read as a precision switch or setting: only consistent() uses this fact.
+        key = f"<no exit {statement.lineno}:{statement.col_offset}:{index}>"
         found.add(Fact(key, True, parts) if len(parts) > 1 else parts[0])
     return frozenset(found)
+
+
+def _captured_exactly(test: ast.AST, truth: bool) -> bool:
+    """Whether ``facts_when(test, truth)`` says all that ``test`` being ``truth`` means, as plain facts: a
+    conjunction of conditions it keeps whole (not ``a or (b and c)``, whose parts it drops, nor a
+    compound "one of these" fact)."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _captured_exactly(test.operand, not truth)
+    if isinstance(test, ast.BoolOp):
+        splits = isinstance(test.op, ast.And) and truth or isinstance(test.op, ast.Or) and not truth
+        return splits and all(_captured_exactly(operand, truth) for operand in test.values)
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and _is_none_or_bool(test.comparators[0]):
+        op, constant = test.ops[0], test.comparators[0].value  # type: ignore[attr-defined]
+        if not isinstance(op, (ast.Is, ast.Eq, ast.IsNot, ast.NotEq)):
+            return False  # `x < None`: not a condition facts_when reads
+        positive = isinstance(op, (ast.Is, ast.Eq))
+        inner = truth != positive if constant is None else truth == (positive == constant)
+        return _captured_exactly(test.left, inner)
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) and test.func.id == "bool" and len(test.args) == 1:
+        return _captured_exactly(test.args[0], truth)
+    return True
 
 
 def _exit_paths(statement: ast.If, *, depth: int, top: bool) -> list[frozenset[Fact]]:
@@ -372,8 +408,8 @@ def _exit_paths(statement: ast.If, *, depth: int, top: bool) -> list[frozenset[F
         return []
     paths: list[frozenset[Fact]] = []
     for arm, truth in ((statement.body, True), (statement.orelse, False)):
-        if not arm:
-            continue
+        if not arm or not _captured_exactly(statement.test, truth):
+            continue  # "not all of" a condition known only in part would say more than is true
         arm_facts = facts_when(statement.test, truth)
         if _always_exits(arm):
             if not top:  # the top statement's own exiting arm is handled where it is indexed
@@ -384,8 +420,10 @@ def _exit_paths(statement: ast.If, *, depth: int, top: bool) -> list[frozenset[F
             inner = pending.pop()
             if isinstance(inner, ast.If):
                 paths += [arm_facts | path for path in _exit_paths(inner, depth=depth + 1, top=False)]
-            elif isinstance(inner, (ast.With, ast.AsyncWith)):
-                pending += inner.body
+            elif isinstance(inner, (ast.With, ast.AsyncWith)) and not any(
+                isinstance(item.context_expr, ast.Call) and call_name(item.context_expr) == "suppress" for item in inner.items
+            ):
+                pending += inner.body  # (contextlib.suppress swallows a raise: not followed)
         if len(paths) > _MAX_EXIT_PATHS:
             break
     return paths

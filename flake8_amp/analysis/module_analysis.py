@@ -399,13 +399,23 @@ class ModuleAnalysis:
         if isinstance(expr, ast.Call) and key is None:
             return call_name(expr) in _AUTOCAST_STATE_READERS
         if isinstance(expr, ast.Attribute):
+            text = _normalised_text(expr)
             stored = [
-                node.value
+                (node, node.value)
                 for node in self.nodes(ast.Assign)
                 for target in node.targets  # type: ignore[attr-defined]
-                if isinstance(target, ast.Attribute) and target.attr == expr.attr
+                if isinstance(target, ast.Attribute) and _normalised_text(target) == text
             ]
-            return bool(stored) and all(self._is_recorded_state(v, where, depth=depth + 1, key=key) for v in stored)
+            if any(
+                isinstance(getattr(node, "target", None), ast.Attribute) and _normalised_text(node.target) == text  # type: ignore[attr-defined]
+                for node in self.nodes(ast.AnnAssign) + self.nodes(ast.AugAssign)  # type: ignore[operator]
+            ) or any(
+                isinstance(target, ast.Tuple) and any(_normalised_text(e) == text for e in target.elts)
+                for node in self.nodes(ast.Assign)
+                for target in node.targets  # type: ignore[attr-defined]
+            ):
+                return False  # stored in a way not read here: not known to be a recorded state
+            return bool(stored) and all(self._is_recorded_state(v, node, depth=depth + 1, key=key) for node, v in stored)
         if isinstance(expr, ast.Name) and key is None:
             passed = self._arguments_for_parameter(expr.id, where)
             return bool(passed) and all(self._is_recorded_state(v, where, depth=depth + 1) for v in passed)
@@ -425,9 +435,11 @@ class ModuleAnalysis:
         passed: list[ast.AST] = []
         for call in self.calls_named(function.name):
             func = call.func
-            local = isinstance(func, ast.Name) or isinstance(func.value, ast.Name) and func.value.id in ("self", "cls")  # type: ignore[attr-defined]
-            if not local or self.resolve(func) is not None:
+            if self.resolve(func) is not None:
                 continue  # another function of that name: torch.cuda.amp.autocast(enabled) inside `def autocast`
+            local = isinstance(func, ast.Name) or isinstance(func.value, ast.Name) and func.value.id in ("self", "cls")  # type: ignore[attr-defined]
+            if not local:
+                return []  # `obj.autocast(True)`: perhaps this function, with another argument
             if any(isinstance(a, ast.Starred) for a in call.args):
                 return []
             keyword = next((kw.value for kw in call.keywords if kw.arg == name), None)
@@ -443,6 +455,13 @@ class ModuleAnalysis:
 
 
 _AUTOCAST_CONSTRUCTOR_NAMES = frozenset(AUTOCAST_CONSTRUCTORS)
+
+
+def _normalised_text(node: ast.AST) -> str:
+    try:
+        return ast.unparse(node)
+    except (RecursionError, ValueError):
+        return f"<{getattr(node, 'lineno', 0)}:{getattr(node, 'col_offset', 0)}>"
 # What reads the autocast state in force (to restore it later): torch's, or a project's wrapper so named.
 _AUTOCAST_STATE_READERS = frozenset({"is_autocast_enabled", "is_autocast_cpu_enabled"})
 

@@ -100,7 +100,7 @@ class ProjectIndex:
     def for_file(cls, path: str | os.PathLike | None) -> "ProjectIndex | None":
         if not path or str(path) in ("-", "stdin") or not Path(path).is_file():
             return None
-        folder = Path(path).parent
+        folder = Path(os.path.abspath(path)).parent  # absolute: a later chdir must not reuse it
         if folder in cls._roots:
             root = cls._roots[folder]
         else:

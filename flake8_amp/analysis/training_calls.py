@@ -284,12 +284,21 @@ class TrainingCalls:
                 clipping.setdefault(function, analysis.resolve(call.func).rpartition(".")[2])  # type: ignore[union-attr]
         if not clipping:
             return []
-        for call in analysis.calls_named("unscale_"):
-            clipping.pop(analysis.context(call).function, None)  # type: ignore[arg-type]
-        names = {getattr(function, "name", None) for function in clipping}
+        unscaling = {analysis.context(call).function for call in analysis.calls_named("unscale_")}
+        for function in unscaling:
+            clipping.pop(function, None)  # type: ignore[arg-type]
+        if not clipping:
+            return []
         from .summaries import Summaries  # summaries read training calls: imported where used
 
         summaries = analysis.derived(Summaries)
+        for function in list(clipping):
+            for call in summaries.calls_in(function.body):  # type: ignore[attr-defined]
+                reference = summaries.call_reference(call)
+                if reference and any(target in unscaling for target in summaries.local_targets(reference)):
+                    clipping.pop(function)  # it unscales through a helper of its own first
+                    break
+        names = {getattr(function, "name", None) for function in clipping}
         found = []
         for call in analysis.calls_named(*[name for name in names if name]):
             reference = summaries.call_reference(call)

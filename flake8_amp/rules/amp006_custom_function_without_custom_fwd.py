@@ -244,8 +244,10 @@ class _BackwardDtypes:
                     # dtypes are already equal, the first has the second's dtype (scattermoe's backward)
                     names, arm_env = same
                     target = body_env if arm_env else else_env
-                    if env.get(names[1]):
-                        target[names[0]] = env[names[1]]
+                    for gradient, other in (names, names[::-1]):
+                        # only the gradient takes the other's dtype: a saved tensor never becomes one
+                        if _GRADIENT in env.get(gradient, _UNTRACKED) and env.get(other) and _GRADIENT not in env[other]:
+                            target[gradient] = env[other]
                 taken = self._block(statement.body, body_env)
                 env = _merge(taken, self._block(statement.orelse, else_env))
             elif isinstance(statement, (ast.For, ast.AsyncFor, ast.While)):

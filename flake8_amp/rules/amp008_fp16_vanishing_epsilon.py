@@ -143,7 +143,7 @@ def _guarded_by_log(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:
     """``torch.log(p + eps)``, ``(p + eps).log()``."""
     parent = analysis.parents.get(add)
     if isinstance(parent, ast.Call) and add in parent.args:
-        return call_name(parent) in _LOGS
+        return call_name(parent) in _LOGS and (analysis.resolve(parent.func) or "").startswith("torch.")  # not math/numpy
     return isinstance(parent, ast.Attribute) and parent.attr in _LOGS and isinstance(analysis.parents.get(parent), ast.Call)
 
 
@@ -168,11 +168,10 @@ def _sigmoid_probability(
     while isinstance(node, ast.Subscript) or isinstance(node, ast.Call) and call_name(node) in _LAYOUT_OPS and isinstance(node.func, ast.Attribute):
         node = node.value if isinstance(node, ast.Subscript) else node.func.value  # type: ignore[attr-defined]
     if isinstance(node, ast.Call) and call_name(node) in _SIGMOIDS:
-        argument = node.func.value if isinstance(node.func, ast.Attribute) and not node.args else (node.args[0] if node.args else None)
-        if isinstance(node.func, ast.Attribute) and not node.args:
-            qualified = analysis.resolve(node.func)
-            if qualified is not None and not qualified.startswith("torch."):
-                return False  # scipy.special.expit, numpy: not a tensor op
+        method = isinstance(node.func, ast.Attribute) and not node.args and analysis.resolve(node.func) is None
+        if not method and not (analysis.resolve(node.func) or "").startswith("torch."):
+            return False  # scipy.special.expit(x), jax.nn.sigmoid(x), a local helper: not known to be torch's
+        argument = node.func.value if method else (node.args[0] if node.args else None)  # type: ignore[attr-defined]
         return argument is not None and values.verdict(argument) != NOT_FP16
     if isinstance(node, ast.Name):
         from ..analysis.bindings import Bindings  # read only for a name guarded by a log

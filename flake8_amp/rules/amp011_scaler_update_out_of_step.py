@@ -106,7 +106,7 @@ class ScalerUpdateOutOfStep(Rule):
                                 fix=f"move {scaler}.update() under the same condition as {scaler}.step()",
                             )
                     elif event.kind == UNSCALE and event not in in_step:
-                        if not updates and not _built_in(scope, training, analysis):
+                        if not updates and _handed_in(scaler, scope):
                             # A helper handed the scaler (nerfstudio's optimizer_scaler_step_all): whoever
                             # calls it runs update(), and whether that is every pass is not visible here.
                             continue
@@ -159,9 +159,14 @@ class ScalerUpdateOutOfStep(Rule):
             seen.append(update)
 
 
-def _built_in(scope: ast.AST | None, training: TrainingCalls, analysis: ModuleAnalysis) -> bool:
-    """A GradScaler is built in ``scope`` itself (a training loop's function, or the module body)."""
-    return any(analysis.context(call).function is scope for call in training.grad_scaler_constructions)
+def _handed_in(scaler: str, scope: ast.AST | None) -> bool:
+    """The scaler is a parameter of the function ``scope`` (``def step_all(self, grad_scaler)``): a helper
+    its caller hands the scaler to, not a trainer that owns it (``self.scaler``, a module's scaler)."""
+    if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    arguments = scope.args
+    names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
+    return scaler.partition(".")[0] in names and scaler.partition(".")[0] not in ("self", "cls")
 
 
 def _paired(event: TrainingEvent, guards: list[frozenset[Fact]], flow: ControlFlow) -> bool:

@@ -35,6 +35,17 @@ def test_a_custom_fwd_with_cast_inputs_is_a_region_with_autocast_off_and_float32
     assert not analysis.uses_autocast  # regions that turn autocast off are no evidence of using it
 
 
+# A project's own autocast context manager, taking the state to enter (metaseq's, fairscale's).
+_CONTEXT_MANAGER = (
+    "import torch\n"
+    "from contextlib import contextmanager\n"
+    "@contextmanager\n"
+    "def autocast(enabled):\n"
+    "    with torch.cuda.amp.autocast(enabled):\n"
+    "        yield\n"
+)
+
+
 @pytest.mark.parametrize(
     "source, uses",
     [
@@ -80,18 +91,35 @@ def test_a_custom_fwd_with_cast_inputs_is_a_region_with_autocast_off_and_float32
         ),
         # the same context manager, but one caller turns autocast on itself
         (
-            "import torch\n"
-            "from contextlib import contextmanager\n"
-            "@contextmanager\n"
-            "def autocast(enabled):\n"
-            "    with torch.cuda.amp.autocast(enabled):\n"
-            "        yield\n"
-            "def backward(ctx):\n"
+            _CONTEXT_MANAGER
+            + "def backward(ctx):\n"
             "    with autocast(ctx.had_autocast_in_fwd):\n"
             "        pass\n"
             "def train(model, x, use_amp):\n"
             "    with autocast(use_amp):\n"
             "        model(x)\n",
+            True,
+        ),
+        # a recorded state under another receiver's attribute of the same name is no evidence
+        (
+            "import torch\n"
+            "def forward(ctx):\n"
+            "    ctx.fp16 = torch.is_autocast_enabled()\n"
+            "def train(args):\n"
+            "    with torch.autocast('cuda', enabled=args.fp16):\n"
+            "        pass\n",
+            True,
+        ),
+        # the context manager is also called through another object, perhaps with True
+        (
+            _CONTEXT_MANAGER
+            + "def backward(ctx):\n"
+            "    ctx.had = torch.is_autocast_enabled()\n"
+            "    with autocast(ctx.had):\n"
+            "        pass\n"
+            "def train(helpers):\n"
+            "    with helpers.autocast(True):\n"
+            "        pass\n",
             True,
         ),
         ("import torch\nwith torch.autocast('cuda', enabled=args.amp):\n    pass\n", True),

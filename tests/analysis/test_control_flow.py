@@ -126,11 +126,41 @@ def test_one_setting_equal_to_two_different_constants_is_two_paths():
         """
     )
     exclusive = [("apex_backward", "scaler_step"), ("apex_backward", "scaler_update"), ("apex_backward", "not_apex"),
-                 ("full", "half"), ("full", "float16"), ("amp_mode", "mode_two")]
+                 ("full", "half"), ("full", "float16")]
     for a, b in exclusive:
         assert not flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
     shared = [("scaler_step", "scaler_update"), ("scaler_step", "not_apex"), ("half", "float16"),
-              ("amp_mode", "same_as_attribute"), ("amp_mode", "other_setting"), ("apex_backward", "full")]
+              ("amp_mode", "same_as_attribute"), ("amp_mode", "other_setting"), ("apex_backward", "full"),
+              ("amp_mode", "mode_two")]  # a string and a number: kinds not compared
+    for a, b in shared:
+        assert flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
+    # constants of different kinds may be equal (a str Enum's member and a string; 1 and 1.0 are one
+    # number; torch.long is torch.int64), and a subject with a call may change between the tests
+    analysis, flow = flow_of(
+        """
+        def run(mode, x, d, it):
+            if mode == AMPType.NATIVE:
+                native()
+            if mode == "native":
+                native_text()
+            if x == 1:
+                one()
+            if x == 1.0:
+                one_float()
+            if x == 2:
+                two()
+            if d == torch.long:
+                long()
+            if d == torch.int64:
+                int64()
+            if next(it) == 1:
+                first()
+            if next(it) == 2:
+                second()
+        """
+    )
+    assert not flow.may_share_a_pass(call(analysis, "one"), call(analysis, "two"))
+    shared = [("native", "native_text"), ("one", "one_float"), ("long", "int64"), ("first", "second")]
     for a, b in shared:
         assert flow.may_share_a_pass(call(analysis, a), call(analysis, b)), (a, b)
 
@@ -160,6 +190,20 @@ def test_an_exit_nested_in_conditions_excludes_the_rest_of_the_block_on_that_pat
     assert flow.may_share_a_pass(call(analysis, "skipped"), call(analysis, "clipped"))
     assert not flow.may_share_a_pass(call(analysis, "skipped"), call(analysis, "last"))
     assert flow.assumptions(call(analysis, "last")) >= {Fact("other", False)}
+    # a condition known only in part (`a or (b and c)` true) says nothing about the rest of the block
+    analysis, flow = flow_of(
+        """
+        for x in loader:
+            if a or (b and c):
+                if skip:
+                    continue
+            after()
+            if skip:
+                under_skip()
+        """
+    )
+    assert flow.may_share_a_pass(call(analysis, "after"), call(analysis, "under_skip"))
+    assert flow.assumptions(call(analysis, "after")) == frozenset()
 
 
 def test_an_early_exit_makes_the_opposite_hold_for_the_rest_of_the_block():
