@@ -15,6 +15,7 @@ import ast
 
 from .control_flow import ancestors
 from .module_analysis import ModuleAnalysis
+from .precision import FP16, module_precision
 from .summaries import Summaries
 from .training_calls import TrainingCalls
 
@@ -29,6 +30,15 @@ def in_model_code(node: ast.AST, analysis: ModuleAnalysis) -> bool:
         if isinstance(parent, ast.ClassDef):
             return _is_model_class(parent, analysis, 0)
     return False
+
+
+def unknown_dtype_may_be_fp16(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """A value of unknown dtype at ``node`` may be float16: the module works in float16, or (showing no
+    format of its own) ``node`` is model code of a project that runs low precision."""
+    precision = analysis.derived(module_precision)
+    if precision == FP16:
+        return True
+    return precision is None and analysis.derived(model_code_may_be_fp16) and in_model_code(node, analysis)
 
 
 def model_code_may_be_fp16(analysis: ModuleAnalysis) -> bool:

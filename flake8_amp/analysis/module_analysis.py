@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterator, TypeVar
 
 from .autocast_regions import AutocastRegion, region_from_call
 from .names import ImportTable
+from .source_text import excerpt
 from .torch_api import AUTOCAST_CONSTRUCTORS, GRAD_DISABLING_CONTEXTS
 
 if TYPE_CHECKING:
@@ -399,18 +400,18 @@ class ModuleAnalysis:
         if isinstance(expr, ast.Call) and key is None:
             return call_name(expr) in _AUTOCAST_STATE_READERS
         if isinstance(expr, ast.Attribute):
-            text = _normalised_text(expr)
+            text = excerpt(expr, limit=None)
             stored = [
                 (node, node.value)
                 for node in self.nodes(ast.Assign)
                 for target in node.targets  # type: ignore[attr-defined]
-                if isinstance(target, ast.Attribute) and _normalised_text(target) == text
+                if isinstance(target, ast.Attribute) and excerpt(target, limit=None) == text
             ]
             if any(
-                isinstance(getattr(node, "target", None), ast.Attribute) and _normalised_text(node.target) == text  # type: ignore[attr-defined]
+                isinstance(getattr(node, "target", None), ast.Attribute) and excerpt(node.target, limit=None) == text  # type: ignore[attr-defined]
                 for node in self.nodes(ast.AnnAssign) + self.nodes(ast.AugAssign)  # type: ignore[operator]
             ) or any(
-                isinstance(target, ast.Tuple) and any(_normalised_text(e) == text for e in target.elts)
+                isinstance(target, ast.Tuple) and any(excerpt(e, limit=None) == text for e in target.elts)
                 for node in self.nodes(ast.Assign)
                 for target in node.targets  # type: ignore[attr-defined]
             ):
@@ -424,10 +425,8 @@ class ModuleAnalysis:
     def _arguments_for_parameter(self, name: str, where: ast.AST) -> list[ast.AST]:
         """What the module's calls of the function around ``where`` pass for its parameter ``name``; []
         when ``name`` is not its parameter, a call passes it in a way not read here, or none is seen."""
-        function = next(
-            (p for p in _parents_of(where, self.parents) if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef))), None
-        )
-        if function is None:
+        function = self.context(where).function
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return []
         positional = [a.arg for a in function.args.posonlyargs + function.args.args]
         if name not in positional and name not in [a.arg for a in function.args.kwonlyargs]:
@@ -455,23 +454,8 @@ class ModuleAnalysis:
 
 
 _AUTOCAST_CONSTRUCTOR_NAMES = frozenset(AUTOCAST_CONSTRUCTORS)
-
-
-def _normalised_text(node: ast.AST) -> str:
-    try:
-        return ast.unparse(node)
-    except (RecursionError, ValueError):
-        return f"<{getattr(node, 'lineno', 0)}:{getattr(node, 'col_offset', 0)}>"
 # What reads the autocast state in force (to restore it later): torch's, or a project's wrapper so named.
 _AUTOCAST_STATE_READERS = frozenset({"is_autocast_enabled", "is_autocast_cpu_enabled"})
-
-
-def _parents_of(node: ast.AST, parents: dict) -> Iterator[ast.AST]:
-    parent = parents.get(node)
-    while parent is not None:
-        yield parent
-        parent = parents.get(parent)
-
 
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
 # Fields that never hold a node worth visiting, in any Python version: the shared singletons (ctx, op,

@@ -14,7 +14,7 @@ from ..analysis.bindings import Bindings
 from ..analysis.constants import constant_value, is_int_constant, overflows_fp16
 from ..analysis.dtypes import literal_dtype
 from ..analysis.fp16_values import FP16, NOT_FP16, UNKNOWN, Fp16Values
-from ..analysis.model_code import in_model_code, model_code_may_be_fp16
+from ..analysis.model_code import unknown_dtype_may_be_fp16
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
@@ -79,7 +79,7 @@ class Fp16OverflowLiteral(Rule):
             if verdict == NOT_FP16:
                 continue
             if verdict != FP16:
-                if not (precision == FP16_PRECISION or precision is None and analysis.derived(model_code_may_be_fp16) and in_model_code(call, analysis)):
+                if not unknown_dtype_may_be_fp16(call, analysis):
                     continue
                 if precision != FP16_PRECISION and tensor is not None and values.float32_under_autocast(tensor):
                     continue  # `(1 - probs.gather(...)).masked_fill(m, -1e5)`: autocast runs softmax in float32

@@ -16,9 +16,8 @@ from ..analysis.constants import constant_value, rounds_to_zero_in_fp16
 from ..analysis.control_flow import ControlFlow
 from ..analysis.dtypes import FP16_MAX, cast_dtype
 from ..analysis.fp16_values import FP16, NOT_FP16, Fp16Values
-from ..analysis.model_code import in_model_code, model_code_may_be_fp16
+from ..analysis.model_code import unknown_dtype_may_be_fp16
 from ..analysis.module_analysis import ModuleAnalysis, call_name
-from ..analysis.precision import FP16 as FP16_PRECISION, module_precision
 from ..analysis.source_text import excerpt
 from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
@@ -112,7 +111,7 @@ class Fp16VanishingEpsilon(Rule):
                     verdict != NOT_FP16
                     and _guarded_by_log(node, analysis)
                     and _sigmoid_probability(other, analysis, values)
-                    and _unknown_dtype_may_be_fp16(node, analysis)
+                    and unknown_dtype_may_be_fp16(node, analysis)
                 ):
                     yield self.finding(
                         eps,
@@ -182,15 +181,6 @@ def _sigmoid_probability(
             return False  # a parameter, a loop target: not a sigmoid seen here
         return all(_sigmoid_probability(b.value, analysis, values, depth + 1, use) for b in bindings)
     return False
-
-
-def _unknown_dtype_may_be_fp16(node: ast.AST, analysis: ModuleAnalysis) -> bool:
-    """A value of unknown dtype may be float16: the module works in float16, or (showing no format of its
-    own) this is model code of a project that runs low precision."""
-    precision = analysis.derived(module_precision)
-    if precision == FP16_PRECISION:
-        return True
-    return precision is None and analysis.derived(model_code_may_be_fp16) and in_model_code(node, analysis)
 
 
 def _guards_a_singularity(add: ast.BinOp, analysis: ModuleAnalysis) -> bool:

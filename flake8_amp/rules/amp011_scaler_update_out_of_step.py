@@ -165,8 +165,8 @@ def _handed_in(scaler: str, scope: ast.AST | None) -> bool:
     if not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return False
     arguments = scope.args
-    names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
-    return scaler.partition(".")[0] in names and scaler.partition(".")[0] not in ("self", "cls")
+    root = scaler.partition(".")[0]
+    return root not in ("self", "cls") and root in {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
 
 
 def _paired(event: TrainingEvent, guards: list[frozenset[Fact]], flow: ControlFlow) -> bool:
