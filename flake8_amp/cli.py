@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .rule_docs import read_doc
+from .rule_docs import read_doc, status
 from .rules import ALL_RULES
 
 
@@ -33,6 +33,7 @@ def list_rules(args: argparse.Namespace) -> int:
         {
             "code": rule.code,
             "severity": rule.severity.value,
+            "status": status(rule),
             "name": rule.name,
             "symbol": rule.symbol,
             "summary": rule.summary,
@@ -43,8 +44,8 @@ def list_rules(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    headers = ("code", "severity", "name", "summary")
-    widths = [max(len(headers[i]), *(len(str(row[h])) for row in rows)) for i, h in enumerate(headers[:3])]
+    headers = ("code", "severity", "status", "name", "summary")
+    widths = [max(len(headers[i]), *(len(str(row[h])) for row in rows)) for i, h in enumerate(headers[:-1])]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths + [0])).rstrip())
     for row in rows:
         cells = [str(row[h]).ljust(w) for h, w in zip(headers, widths)]

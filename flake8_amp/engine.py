@@ -25,6 +25,8 @@ class LintOptions:
     precision: str | None = None
     #: read the project's other modules for facts one step away (see analysis.project_index)
     project_index: bool = True
+    #: run the preview rules too (``Rule.preview``); by default only the stable ones run
+    preview: bool = False
 
 
 def mentions_torch(lines: Iterable[str]) -> bool:
@@ -73,6 +75,8 @@ def _lint(tree: ast.Module, options: LintOptions, rules: Sequence[Rule], path: s
     findings: list[Finding] = []
     policy = None
     for rule in rules:
+        if rule.preview and not options.preview:
+            continue
         try:
             if rule.quiet_in_bf16 and analysis.derived(module_precision) == BF16:
                 continue

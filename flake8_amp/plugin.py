@@ -48,6 +48,16 @@ class AmpChecker:
             "in another file, a loss scaled by a helper class), with a cache in <project>/.flake8_amp_cache; "
             "off lints every file alone and reads no other file. (Default: %(default)s)",
         )
+        parser.add_option(
+            "--amp-preview",
+            default=OFF,
+            metavar="on|off",
+            parse_from_config=True,
+            help="on runs the preview rules too ("
+            + ", ".join(rule.code for rule in ALL_RULES if rule.preview)
+            + "): rules whose findings on code nobody tuned them to were right less than 75%% of the time. "
+            "`flake8-amp verify` always runs them and says which held. (Default: %(default)s)",
+        )
         # Opinionated rules are reported only when selected explicitly (--extend-select AMP0NN).
         off_by_default = [rule.code for rule in ALL_RULES if not rule.default_enabled]
         if off_by_default:
@@ -57,7 +67,11 @@ class AmpChecker:
     def parse_options(cls, options: argparse.Namespace) -> None:
         precision = _checked(options, "amp_precision", AUTO, (AUTO, *PRECISIONS))
         project_index = _checked(options, "amp_project_index", ON, (ON, OFF))
-        cls.options = LintOptions(precision=None if precision == AUTO else precision, project_index=project_index == ON)
+        cls.options = LintOptions(
+            precision=None if precision == AUTO else precision,
+            project_index=project_index == ON,
+            preview=_switch(options, "amp_preview", OFF),
+        )
         cls.selected = _may_select_amp(options)
 
     def run(self) -> Iterator[tuple[int, int, str, type]]:
@@ -78,6 +92,24 @@ def _checked(options: argparse.Namespace, name: str, default: str, choices: tupl
         )
         raise SystemExit(2)
     return value
+
+
+#: what a yes/no setting may say, on the command line or in a configuration file
+_SWITCH_VALUES = {
+    **dict.fromkeys(("on", "true", "yes", "1"), True),
+    **dict.fromkeys(("off", "false", "no", "0"), False),
+}
+
+
+def _switch(options: argparse.Namespace, name: str, default: str) -> bool:
+    value = getattr(options, name, default)
+    if isinstance(value, bool):
+        return value
+    try:
+        return _SWITCH_VALUES[str(value).strip().lower()]
+    except KeyError:
+        sys.stderr.write(f"flake8: error: {name.replace('_', '-')} = {value!r} is not one of: on, off\n")
+        raise SystemExit(2) from None
 
 
 def _may_select_amp(options: argparse.Namespace) -> bool:

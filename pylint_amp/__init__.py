@@ -83,6 +83,17 @@ class AmpChecker(BaseRawFileChecker):
                 "<project>/.flake8_amp_cache; no lints every module alone and reads no other file.",
             },
         ),
+        (
+            "amp-preview",
+            {
+                "default": False,
+                "type": "yn",
+                "metavar": "<y or n>",
+                "help": "Run the preview rules too ("
+                + ", ".join(rule.code for rule in ALL_RULES if rule.preview)
+                + "): rules whose findings on code nobody tuned them to were right less than 75% of the time.",
+            },
+        ),
     )
 
     def process_module(self, node: nodes.Module) -> None:
@@ -100,7 +111,9 @@ class AmpChecker(BaseRawFileChecker):
             return  # pylint reports syntax errors itself
         precision = self.linter.config.amp_precision
         options = LintOptions(
-            precision=None if precision == AUTO else precision, project_index=bool(self.linter.config.amp_project_index)
+            precision=None if precision == AUTO else precision,
+            project_index=bool(self.linter.config.amp_project_index),
+            preview=bool(self.linter.config.amp_preview),
         )
         symbols = {rule.code: rule.symbol for rule in ALL_RULES}
         symbols[INTERNAL_ERROR_CODE] = INTERNAL_ERROR_MESSAGE[1]

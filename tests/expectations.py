@@ -78,7 +78,8 @@ def lint_options(arguments: list[str]) -> LintOptions:
             project_index = value == "on"
         else:
             raise ValueError(f"unknown fixture option {argument!r}")
-    return LintOptions(precision=precision, project_index=project_index)
+    # A fixture is about its rules, preview rules included: every fixture runs them.
+    return LintOptions(precision=precision, project_index=project_index, preview=True)
 
 
 _COPIES: list[Path] = []

@@ -38,16 +38,19 @@ def test_explain_unknown_code_is_one_clear_line(capsys):
 def test_rules_table_lists_every_rule(capsys):
     assert main(["rules"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["CODE", "SEVERITY", "NAME"]
+    assert lines[0].split()[:4] == ["CODE", "SEVERITY", "STATUS", "NAME"]
     assert [line.split()[0] for line in lines[1:]] == [rule.code for rule in ALL_RULES]
+    assert [line.split()[2] for line in lines[1:]] == ["preview" if rule.preview else "stable" for rule in ALL_RULES]
 
 
 def test_rules_json_is_machine_readable(capsys):
     assert main(["rules", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["code"] for row in rows] == [rule.code for rule in ALL_RULES]
-    assert {"code", "severity", "name", "symbol", "summary", "default_enabled"} <= set(rows[0])
+    assert {"code", "severity", "status", "name", "symbol", "summary", "default_enabled"} <= set(rows[0])
     assert all(row["severity"] in ("HIGH", "MEDIUM", "LOW") for row in rows)
+    assert {row["code"]: row["status"] for row in rows}["AMP006"] == "preview"
+    assert {row["code"]: row["status"] for row in rows}["AMP013"] == "stable"
 
 
 def test_no_command_prints_help_and_fails(capsys):

@@ -16,6 +16,7 @@ from flake8_amp import engine
 from flake8_amp.analysis.module_analysis import ModuleAnalysis
 from flake8_amp.analysis.training_calls import TrainingCalls
 from flake8_amp.engine import LintOptions, lint_source, lint_tree
+from flake8_amp.rules import RULES_BY_CODE
 from flake8_amp.plugin import AmpChecker
 from flake8_amp.rules.base import Finding, Rule, Severity
 
@@ -281,7 +282,7 @@ def test_the_analysis_of_a_module_is_freed_as_soon_as_it_is_linted(monkeypatch):
     source = open(FIXTURES / "amp019_scaler_bypassed.py", encoding="utf-8").read()
     gc.disable()
     try:
-        assert lint_source(source)  # the rules built the derived analyses that point back at it
+        assert lint_source(source, LintOptions(preview=True))  # the rules built analyses that point back at it
         assert len(analyses) == 1 and analyses[0]() is None
     finally:
         gc.enable()
@@ -324,12 +325,12 @@ def test_a_file_that_never_mentions_torch_is_not_analysed(monkeypatch):
 
 
 def test_flake8_adapter_yields_zero_based_columns_and_full_messages():
-    source = "import torch\nx = 1\nwith torch.autocast('cuda'):\n    y =   model(x.half())\nscaler.scale(y).backward()\n"
+    source = "import torch\nx = 1\nif x:\n    s =   torch.cuda.amp.GradScaler()\n"
     results = list(AmpChecker(ast.parse(source), source.splitlines(True)).run())
-    assert [(line, col) for line, col, _, _ in results] == [(4, 16)]
+    assert [(line, col) for line, col, _, _ in results] == [(4, 10)]
     message = results[0][2]
-    assert message.startswith("AMP001 .half() cast of 'x'")
-    assert message.endswith("(flake8-amp explain AMP001)") and " -> " in message
+    assert message.startswith("AMP013 deprecated torch.cuda.amp.GradScaler used")
+    assert message.endswith("(flake8-amp explain AMP013)") and " -> " in message
 
 
 def test_a_rule_that_raises_becomes_an_amp000_finding_and_the_others_still_run():
@@ -360,13 +361,29 @@ def test_flake8_end_to_end_with_noqa(tmp_path):
         "    a = model(x.half())\n"
         "    b = model(x.half())  # noqa: AMP001\n"
         "scaler.scale(a + b).backward()\n"
+        "old = torch.cuda.amp.GradScaler()\n"
+        "older = torch.cuda.amp.GradScaler()  # noqa: AMP013\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "flake8", "--select", "AMP", str(script)], capture_output=True, text=True
+        [sys.executable, "-m", "flake8", "--select", "AMP", "--amp-preview=on", str(script)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{script}:3:15: AMP001 ")
+    assert [line.split(": ")[0] + " " + line.split()[1] for line in lines] == [
+        f"{script}:3:15 AMP001",
+        f"{script}:6:7 AMP013",
+    ]
+
+
+def test_preview_rules_run_only_when_asked_for():
+    source = "import torch\nwith torch.autocast('cuda'):\n    y = model(x.half())\nscaler.scale(y).backward()\n"
+    assert RULES_BY_CODE["AMP001"].preview and not RULES_BY_CODE["AMP013"].preview
+    assert lint_source(source) == []
+    assert [(f.line, f.col, f.code) for f in lint_source(source, LintOptions(preview=True))] == [(3, 14, "AMP001")]
+    # a preview rule handed over by name still needs preview on: the option is the one switch
+    assert lint_tree(ast.parse(source), LintOptions(), rules=[RULES_BY_CODE["AMP001"]]) == []
 
 
 def test_importing_the_linter_does_not_import_torch():

@@ -26,12 +26,12 @@ FP16_RANGE_RULES = {"AMP007", "AMP008", "AMP016"}
 
 
 def both_linters(paths, *args: str) -> tuple[set, set]:
-    """One flake8 run and one pylint run over ``paths``. ``--select AMP`` and ``--enable=amp`` both name
-    the whole family, so off-by-default rules are on in both."""
-    flake8 = run_flake8(paths, *args)
+    """One flake8 run and one pylint run over ``paths``, preview rules on. ``--select AMP`` and
+    ``--enable=amp`` both name the whole family, so off-by-default rules are on in both."""
+    flake8 = run_flake8(paths, "--amp-preview=on", *args)
     assert flake8.stderr == ""
     pylint_args = [argument.replace("--amp-project-index=off", "--amp-project-index=n") for argument in args]
-    return flake8_findings(flake8.stdout), pylint_findings(run_pylint(paths, *pylint_args))
+    return flake8_findings(flake8.stdout), pylint_findings(run_pylint(paths, "--amp-preview=y", *pylint_args))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from flake8_amp.rules import ALL_RULES, RULES_BY_CODE, Severity
 from linter_runs import run_pylint
 from pylint_amp import AmpChecker, pylint_messages
 
-HAZARD = "import torch\nwith torch.autocast('cuda'):\n    loss = model(x.half())\nscaler.scale(loss).backward()\n"
+BCE = "torch.nn.functional.binary_cross_entropy"
+# AMP002 (a stable rule) at line 3, column 11 (pylint's 0-based column)
+HAZARD = f"import torch\nwith torch.autocast('cuda'):\n    loss = {BCE}(model(x), y)\nscaler.scale(loss).backward()\n"
 DEPRECATED = "import torch\nscaler = torch.cuda.amp.GradScaler()\n"
 
 
@@ -44,31 +46,33 @@ def test_one_message_per_rule_in_the_external_range_with_the_rule_symbol():
 
 def test_messages_start_with_the_amp_code_at_pylints_zero_based_column(script):
     messages = run_pylint([script(HAZARD)])
-    assert [(m.msg_id, m.symbol, m.line, m.column) for m in messages] == [("E5101", "amp-manual-half-cast", 3, 17)]
-    assert messages[0].msg.startswith("AMP001 ") and messages[0].msg.endswith("(flake8-amp explain AMP001)")
+    assert [(m.msg_id, m.symbol, m.line, m.column) for m in messages] == [
+        ("E5102", "amp-unsafe-binary-cross-entropy", 3, 11)
+    ]
+    assert messages[0].msg.startswith("AMP002 ") and messages[0].msg.endswith("(flake8-amp explain AMP002)")
 
 
 def test_the_plugin_reports_among_pylints_own_messages(script):
     symbols = {m.symbol for m in run_pylint([script(HAZARD)], "--enable=missing-module-docstring")}
-    assert symbols == {"amp-manual-half-cast", "missing-module-docstring"}
+    assert symbols == {"amp-unsafe-binary-cross-entropy", "missing-module-docstring"}
 
 
 def test_line_level_disable_by_symbol_or_id(script):
     path = script(
         "import torch\n"
         "with torch.autocast('cuda'):\n"
-        "    a = model(x.half())\n"
-        "    b = model(x.half())  # pylint: disable=amp-manual-half-cast\n"
-        "    c = model(x.half())  # pylint: disable=E5101\n"
+        f"    a = {BCE}(p, y)\n"
+        f"    b = {BCE}(p, y)  # pylint: disable=amp-unsafe-binary-cross-entropy\n"
+        f"    c = {BCE}(p, y)  # pylint: disable=E5102\n"
         "scaler.scale(a + b + c).backward()\n"
     )
     assert [m.line for m in run_pylint([path])] == [3]
 
 
 def test_module_level_and_command_line_disable(script):
-    disabled = script("# pylint: disable=amp-manual-half-cast\n" + HAZARD, name="disabled.py")
+    disabled = script("# pylint: disable=amp-unsafe-binary-cross-entropy\n" + HAZARD, name="disabled.py")
     assert run_pylint([disabled]) == []
-    assert run_pylint([script(HAZARD)], "--disable=amp-manual-half-cast") == []
+    assert run_pylint([script(HAZARD)], "--disable=amp-unsafe-binary-cross-entropy") == []
 
 
 def test_help_msg_prints_the_summary_and_where_the_doc_is():
@@ -106,7 +110,7 @@ def test_a_failing_rule_is_reported_and_the_other_rules_still_run(script, monkey
     messages = run_pylint([script(HAZARD)])
     assert [(m.msg_id, m.symbol) for m in messages] == [
         ("F5100", "amp-internal-error"),
-        ("E5101", "amp-manual-half-cast"),
+        ("E5102", "amp-unsafe-binary-cross-entropy"),
     ]
     assert messages[0].msg.startswith(f"{INTERNAL_ERROR_CODE} flake8-amp rule AMP013 failed on this file (RuntimeError")
 
@@ -135,4 +139,4 @@ def test_parallel_jobs_report_every_file(script):
         capture_output=True,
         text=True,
     )
-    assert sorted(re.findall(r"(train\d)\.py:3:17: E5101: AMP001 ", result.stdout)) == ["train0", "train1", "train2"]
+    assert sorted(re.findall(r"(train\d)\.py:3:11: E5102: AMP002 ", result.stdout)) == ["train0", "train1", "train2"]

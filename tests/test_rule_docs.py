@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from flake8_amp.engine import lint_source
+from flake8_amp.engine import LintOptions, lint_source
 from flake8_amp.rule_docs import (
     QUIET_HEADING,
     doc_header,
@@ -38,6 +38,8 @@ HEADINGS = [
 CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 TOPIC_LINK = re.compile(r"\]\(([A-Za-z0-9-]+\.md)(?:#[^)]*)?\)")
 RULES = [rule.code for rule in ALL_RULES]
+#: every rule runs on the docs' code, preview rules included
+EVERY_RULE = LintOptions(preview=True)
 
 
 def section(doc: str, heading: str) -> str:
@@ -60,7 +62,7 @@ def test_example_raises_exactly_its_rule(code):
     blocks = CODE_BLOCK.findall(section(read_doc(code), "## Example"))
     assert blocks
     for block in blocks:
-        assert {f.code for f in lint_source(block)} == {code}, block
+        assert {f.code for f in lint_source(block, EVERY_RULE)} == {code}, block
 
 
 @pytest.mark.parametrize("code", RULES)
@@ -68,7 +70,7 @@ def test_use_instead_raises_nothing(code):
     blocks = CODE_BLOCK.findall(section(read_doc(code), "## Use instead"))
     assert blocks
     for block in blocks:
-        assert [f.message for f in lint_source(block)] == [], block
+        assert [f.message for f in lint_source(block, EVERY_RULE)] == [], block
 
 
 @pytest.mark.parametrize("code", RULES)
@@ -94,11 +96,12 @@ def test_header_and_policy_bullet_are_generated_from_the_rule(code):
     assert synced_doc(doc, rule) == doc, STALE
 
 
-def test_header_names_severity_pylint_symbol_id_and_fix():
+def test_header_names_severity_status_pylint_symbol_id_and_fix():
     assert doc_header(RULES_BY_CODE["AMP001"]) == (
-        "**Severity:** HIGH · **pylint:** `amp-manual-half-cast` (E5101) · **Fix:** "
-        + RULES_BY_CODE["AMP001"].fix
+        "**Severity:** HIGH · **Status:** preview (reported with `--amp-preview=on`) · "
+        "**pylint:** `amp-manual-half-cast` (E5101) · **Fix:** " + RULES_BY_CODE["AMP001"].fix
     )
+    assert doc_header(RULES_BY_CODE["AMP013"]).startswith("**Severity:** LOW · **Status:** stable · **pylint:** ")
 
 
 def test_policy_bullet_lists_what_applies_to_the_rule():
@@ -118,7 +121,11 @@ def test_readme_rule_table_is_generated_from_the_rules():
     readme = README.read_text(encoding="utf-8")
     table = rules_table(ALL_RULES, "rule_docs/")
     assert with_table(readme, "rule table", table) == readme, STALE
-    assert "| [AMP007](rule_docs/AMP007.md) | HIGH | `amp-fp16-overflow-literal` (E5107) | A literal beyond float16's range (\\|x\\|" in table
+    assert (
+        "| [AMP007](rule_docs/AMP007.md) | HIGH | preview | `amp-fp16-overflow-literal` (E5107) | "
+        "A literal beyond float16's range (\\|x\\|"
+    ) in table
+    assert "| [AMP013](rule_docs/AMP013.md) | LOW | stable | `amp-deprecated-amp-api` (C5113) |" in table
     assert table.count("\n") == len(ALL_RULES) + 1
 
 
@@ -138,7 +145,7 @@ def test_what_the_docs_say_about_test_code_is_what_the_engine_does(code, tmp_pat
         path = tmp_path / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(block)
-        found = {f.code for f in lint_source(block, path=str(path))}
+        found = {f.code for f in lint_source(block, EVERY_RULE, path=str(path))}
         assert found == (set() if rule.exempt_in_tests else {code}), name
 
 

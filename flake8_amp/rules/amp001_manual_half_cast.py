@@ -22,6 +22,7 @@ class ManualHalfCast(Rule):
     code = "AMP001"
     name = "manual-half-cast"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "Manual .half() / .bfloat16() / .to(float16) cast of a model or inputs that are trained"
     why = "a manual cast bypasses autocast's per-op precision choices; on a model it drops the fp32 master weights"
     fix = "remove the cast and run the forward pass under torch.autocast(...)"

@@ -18,6 +18,7 @@ class LossOutsideAutocast(Rule):
     code = "AMP003"
     name = "loss-outside-autocast"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "Loss computed after the autocast block on its float16/bfloat16 outputs"
     why = "outside autocast the loss runs in the inputs' float16/bfloat16 instead of the float32 autocast would pick"
     fix = "compute the loss inside the autocast block, or .float() its inputs"

@@ -42,6 +42,7 @@ class LowPrecisionReduction(Rule):
     code = "AMP005"
     name = "low-precision-reduction"
     severity = Severity.MEDIUM
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "sum / var / norm / cumsum ... of a float16/bfloat16 tensor outside autocast"
     why = "a float16 result overflows past 65504; bfloat16 keeps only 8 bits"
     fix = "pass dtype=torch.float32, or .float() the tensor first"

@@ -29,6 +29,7 @@ class CustomFunctionWithoutCustomFwd(Rule):
     code = "AMP006"
     name = "custom-function-without-custom-fwd"
     severity = Severity.MEDIUM
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "autograd.Function whose forward/backward lack custom_fwd/custom_bwd"
     why = "under autocast the forward sees mixed dtypes and backward runs with autocast state it did not expect"
     fix = "decorate forward with @torch.amp.custom_fwd(device_type=...) and backward with @torch.amp.custom_bwd(...)"

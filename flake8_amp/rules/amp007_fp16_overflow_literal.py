@@ -40,6 +40,7 @@ class Fp16OverflowLiteral(Rule):
     code = "AMP007"
     name = "fp16-overflow-literal"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "A literal beyond float16's range (|x| > 65504, e.g. -1e9) filled or mixed into a tensor"
     why = "float16 turns it into inf (then NaN in softmax), or masked_fill raises 'value cannot be converted to type c10::Half without overflow'"
     fix = "use torch.finfo(x.dtype).min (or .max), which fits every dtype"

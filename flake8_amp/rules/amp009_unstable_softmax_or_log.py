@@ -37,6 +37,7 @@ class UnstableSoftmaxOrLog(Rule):
     code = "AMP009"
     name = "unstable-softmax-or-log"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "Hand-written softmax exp(x)/exp(x).sum() without the max subtracted; log(softmax(x)); log(sigmoid(x))"
     why = "exp overflows past 11.09 in float16 (88.7 in float32) and log of an underflowed probability is -inf"
     fix = "use torch.softmax / torch.log_softmax / F.logsigmoid, which are stable in every precision"

@@ -31,6 +31,7 @@ class ScalerUpdateOutOfStep(Rule):
     code = "AMP011"
     name = "scaler-update-out-of-step"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "scaler.update() / unscale_() not under the same condition as scaler.step(), or update() twice per iteration"
     why = "update() without a step() raises 'No inf checks were recorded'; several updates per iteration shrink the scale too fast"
     fix = "call unscale_/step/update together under the accumulation condition, and update() once after all step() calls"

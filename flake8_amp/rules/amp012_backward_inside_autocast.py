@@ -16,6 +16,7 @@ class BackwardInsideAutocast(Rule):
     code = "AMP012"
     name = "backward-inside-autocast"
     severity = Severity.MEDIUM
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "backward() or torch.autograd.grad() inside an autocast region"
     why = "backward ops run in the dtype their forward ops chose; autocast around backward only adds casts and surprises"
     fix = "end the autocast block after the loss and call backward outside it"

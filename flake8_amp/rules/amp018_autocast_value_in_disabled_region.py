@@ -23,6 +23,7 @@ class AutocastValueInDisabledRegion(Rule):
     code = "AMP018"
     name = "autocast-value-in-disabled-region"
     severity = Severity.MEDIUM
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "Inside autocast(enabled=False), a tensor from the enclosing region used without .float()"
     why = "autocast is off: the float16 value meets float32 operands ('expected m1 and m2 to have the same dtype') or runs in float16"
     fix = "cast it first: x.float() (or x.to(torch.float32))"

@@ -26,6 +26,7 @@ class ScalerBypassed(Rule):
     code = "AMP019"
     name = "scaler-bypassed"
     severity = Severity.HIGH
+    preview = True  # held-out precision below 75% (benchmarks/precision.md)
     summary = "GradScaler in play but loss.backward() on an unscaled loss, or optimizer.step() instead of scaler.step()"
     why = "the scaler's unscaling and inf check are skipped: steps on scaled, possibly inf, gradients"
     fix = "use scaler.scale(loss).backward() and scaler.step(optimizer)"

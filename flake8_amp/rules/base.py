@@ -62,6 +62,9 @@ class Rule:
     fix: ClassVar[str]
     #: opinionated rules are off unless selected (flake8's extend_default_ignore)
     default_enabled: ClassVar[bool] = True
+    #: a rule whose findings on held-out code were too often wrong (benchmarks/precision.md, "Stable and
+    #: preview rules"): run only with ``--amp-preview`` (and always by verify, which can confirm them)
+    preview: ClassVar[bool] = False
 
     # Which parts of the exemption policy (flake8_amp.analysis.exemptions) apply to the rule:
     #: quiet in test code (False for rules about the API itself: tests break on it too)

@@ -30,7 +30,8 @@ def project(tmp_path):
 
 
 def lint(path: Path, **options) -> list[str]:
-    findings = lint_source(path.read_text(), LintOptions(**options), path=str(path))
+    """The findings with every rule running: the facts here are AMP007's, a preview rule."""
+    findings = lint_source(path.read_text(), LintOptions(preview=True, **options), path=str(path))
     return [f"{f.line}:{f.col + 1} {f.code}" for f in findings]
 
 
@@ -171,7 +172,7 @@ def test_nested_projects_and_virtual_environments_are_not_part_of_the_project(tm
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_flake8_finds_the_same_with_one_or_two_jobs(project, jobs):
     result = subprocess.run(
-        [sys.executable, "-m", "flake8", "--select", "AMP", f"--jobs={jobs}", "."],
+        [sys.executable, "-m", "flake8", "--select", "AMP", "--amp-preview=on", f"--jobs={jobs}", "."],
         capture_output=True, text=True, cwd=project,
     )
     assert result.stderr == ""
@@ -182,10 +183,10 @@ def test_pylint_finds_it_too_and_honours_its_option(project):
     from linter_runs import pylint_findings, run_pylint
 
     paths = sorted(project.glob("*.py"))
-    assert {(name, line, code) for name, line, _, code in pylint_findings(run_pylint(paths))} == {
+    assert {(name, line, code) for name, line, _, code in pylint_findings(run_pylint(paths, "--amp-preview=y"))} == {
         ("attention_utils.py", 8, "AMP007")
     }
-    assert pylint_findings(run_pylint(paths, "--amp-project-index=n")) == set()
+    assert pylint_findings(run_pylint(paths, "--amp-preview=y", "--amp-project-index=n")) == set()
 
 
 def test_whether_the_project_mentions_a_low_precision_anywhere(tmp_path):

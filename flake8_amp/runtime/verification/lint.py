@@ -88,8 +88,11 @@ def _module_file(root: Path, dotted: str) -> Path | None:
 
 
 def lint_for_verify(files: list[Path]) -> list[LintedFinding]:
-    """Run ``flake8`` over the files and keep its AMP findings (AMP000 included: a rule that failed)."""
-    command = [sys.executable, "-m", "flake8", f"--format={_FORMAT}", "--exit-zero", *map(str, files)]
+    """Run ``flake8`` over the files, preview rules included, and keep its AMP findings (AMP000 included: a
+    rule that failed)."""
+    # Preview rules too: a finding that needs the program as it runs is what verify can confirm or clear.
+    command = [sys.executable, "-m", "flake8", f"--format={_FORMAT}", "--exit-zero", "--amp-preview=on"]
+    command += map(str, files)
     try:
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
     except OSError as exc:
