@@ -1,0 +1,223 @@
+"""CUDA emulated on the CPU: the device a CUDA script asks for, CUDA autocast's policy op by op, and
+nothing left behind."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from flake8_amp.runtime import cuda_policy  # noqa: E402
+from flake8_amp.runtime.cuda_emulation import EMULATED_DEVICE_NAME, CudaEmulation, NotEmulated  # noqa: E402
+from flake8_amp.runtime.cuda_policy import BANNED_MESSAGE, CUDA_POLICY  # noqa: E402
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="emulation is for machines without CUDA")
+
+
+@pytest.fixture
+def emulated(tmp_path):
+    with CudaEmulation(tmp_path) as emulation:
+        yield emulation
+
+
+def _cuda_autocast_ops() -> set[str]:
+    names = torch._C._dispatch_get_all_op_names()
+    return {
+        name.removeprefix("aten::")
+        for name in names
+        if name.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutocastCUDA")
+    }
+
+
+# ------------------------------------------------------------------------------------- the table
+def test_the_table_names_exactly_the_ops_torch_gives_a_cuda_autocast_kernel():
+    """The CPU wheel registers the AutocastCUDA kernels too: the table is held to this torch's binary."""
+    assert set(CUDA_POLICY) == _cuda_autocast_ops()
+
+
+def test_the_banned_message_is_the_one_torch_carries():
+    """CUDA autocast's error text is compiled into libtorch_cpu (autocast_mode.cpp): the emulated one is it."""
+    library = Path(torch.__file__).parent / "lib" / ("libtorch_cpu.so" if sys.platform != "win32" else "torch_cpu.dll")
+    if not library.is_file():
+        pytest.skip(f"no {library.name} in this torch build")
+    with open(library, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as binary:
+        assert binary.find(BANNED_MESSAGE.encode()) != -1
+    assert CUDA_POLICY["binary_cross_entropy"] == cuda_policy.BANNED
+
+
+# ------------------------------------------------------------------------------------- the device
+def test_a_cuda_script_finds_a_device_and_its_tensors_land_on_the_cpu(emulated):
+    assert torch.cuda.is_available() and torch.cuda.device_count() == 1 and torch.cuda.current_device() == 0
+    assert torch.cuda.get_device_name(0) == EMULATED_DEVICE_NAME
+    assert torch.cuda.get_device_properties(0).total_memory > 0 and torch.cuda.is_bf16_supported()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert device == "cuda"
+    model = nn.Linear(3, 2).cuda()
+    model.to(torch.device("cuda:0"))
+    tensors = [
+        torch.zeros(2, 3, device="cuda"),
+        torch.randn(2, 3, device=torch.device("cuda", 0)),
+        torch.ones(2, 3).cuda(),
+        torch.ones(2, 3).to("cuda", non_blocking=True),
+        torch.ones(2, 3).to(device="cuda:0", dtype=torch.float64),
+        torch.empty(2, 3, pin_memory=True).pin_memory(),
+        torch.zeros_like(torch.ones(1), device="cuda"),
+        torch.ones(1).new_zeros(2, device="cuda"),
+    ]
+    assert all(t.device.type == "cpu" for t in tensors) and tensors[4].dtype == torch.float64
+    assert model(tensors[0]).shape == (2, 2)
+    torch.cuda.synchronize()
+    torch.cuda.manual_seed_all(0)
+    torch.cuda.reset_peak_memory_stats()
+    assert torch.cuda.max_memory_allocated() == 0 and torch.cuda.memory_allocated(0) == 0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    with torch.cuda.stream(torch.cuda.Stream()):
+        end.record()
+    end.synchronize()
+    assert start.elapsed_time(end) >= 0
+
+
+def test_a_cuda_api_that_is_not_emulated_names_itself_and_the_line(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import torch\n\ngraph = torch.cuda.CUDAGraph()\n")
+    with CudaEmulation(tmp_path):
+        with pytest.raises(NotEmulated, match=r"not emulated: torch\.cuda\.CUDAGraph \(at .*train\.py:3\)"):
+            exec(compile(script.read_text(), str(script), "exec"), {})
+        # torch's own code and other libraries see the real module
+        assert torch.cuda.OutOfMemoryError is sys.modules["torch.cuda"].OutOfMemoryError
+
+
+# ------------------------------------------------------------------------------------- autocast
+def test_cuda_autocast_casts_as_cuda_does(emulated):
+    x, w = torch.randn(4, 8).cuda(), torch.randn(8, 8).cuda()
+    with torch.autocast("cuda"):
+        assert torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.float16
+        h = x @ w
+        assert h.dtype == torch.float16  # lower-precision list
+        assert F.linear(x, w).dtype == torch.float16
+        # the float32 list, where CPU autocast would keep float16
+        for value in (h.softmax(-1), F.log_softmax(h, -1), h.sum(), h.cumsum(0), h.exp(), h.log1p(),
+                      F.layer_norm(h, (8,)), h.pow(2), h.norm(), torch.linalg.vector_norm(h)):
+            assert value.dtype == torch.float32
+        assert h.softmax(-1, dtype=torch.float16).dtype == torch.float16  # an explicit dtype is kept
+        assert F.cross_entropy(h, torch.tensor([0, 1, 2, 3])).dtype == torch.float32
+        # ops on no list run in their inputs' dtype
+        assert h.mean().dtype == torch.float16 and torch.sigmoid(h).dtype == torch.float16
+        # promote: the widest input
+        assert torch.addcmul(h, h.float(), h).dtype == torch.float32
+        assert torch.addcmul(h, h, h).dtype == torch.float16
+        with pytest.raises(RuntimeError) as raised:
+            F.binary_cross_entropy(torch.sigmoid(h), torch.rand(4, 8))
+        assert str(raised.value) == BANNED_MESSAGE
+        with torch.autocast("cuda", enabled=False):
+            assert not torch.is_autocast_enabled("cuda") and (x @ w).dtype == torch.float32
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert (x @ w).dtype == torch.bfloat16 and (x @ w).softmax(-1).dtype == torch.float32
+    with torch.cuda.amp.autocast():  # the deprecated spelling
+        assert (x @ w).dtype == torch.float16
+    assert not torch.is_autocast_enabled("cuda") and (x @ w).dtype == torch.float32
+
+
+def test_an_autocast_cpu_region_keeps_cpus_policy(emulated):
+    h = torch.randn(4, 8) @ torch.randn(8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = torch.randn(4, 8) @ torch.randn(8, 8)
+        assert low.dtype == torch.bfloat16
+        assert low.softmax(-1).dtype == torch.bfloat16  # CPU autocast does not upcast softmax
+        assert F.mse_loss(low, low).dtype == torch.float32  # but does mse_loss
+        assert not torch.is_autocast_enabled("cuda") and torch.is_autocast_enabled("cpu")
+        assert F.binary_cross_entropy(torch.sigmoid(h), torch.rand(4, 8)).dtype == torch.float32
+
+
+def test_gradients_flow_through_the_casts_and_grad_scaler_cuda_scales(emulated):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    assert scaler.is_enabled()
+    x, y = torch.randn(4, 8, device="cuda"), torch.rand(4, 1, device="cuda")
+    with torch.autocast("cuda"):
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+    scaler.scale(loss).backward()
+    assert model[0].weight.grad.dtype == torch.float32
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 1024.0
+    # an inf gradient: the step is skipped and the scale halves, as on the GPU
+    before = model[0].weight.detach().clone()
+    with torch.autocast("cuda"):
+        loss = model(x).sum() * float("inf")
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 512.0 and torch.equal(model[0].weight, before)
+
+
+def test_custom_fwd_casts_inputs_and_custom_bwd_restores_the_state(emulated):
+    seen = {}
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+        def forward(ctx, a):
+            seen["forward"] = (a.dtype, torch.is_autocast_enabled("cuda"))
+            return a * 2
+
+        @staticmethod
+        @torch.amp.custom_bwd(device_type="cuda")
+        def backward(ctx, grad):
+            seen["backward"] = torch.is_autocast_enabled("cuda")
+            return grad * 2
+
+    w = torch.randn(4, 4, device="cuda", requires_grad=True)
+    with torch.autocast("cuda"):
+        out = Scale.apply(torch.randn(2, 4, device="cuda") @ w)
+    out.sum().backward()
+    assert seen == {"forward": (torch.float32, False), "backward": False}
+    assert out.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------- nothing leaks
+def _global_state():
+    return {
+        "cuda": torch.cuda,
+        "is_available": torch.cuda.is_available,
+        "autocast": (torch.autocast, torch.amp.autocast, torch.amp.autocast_mode.autocast, torch.cuda.amp.autocast),
+        "queries": (torch.is_autocast_enabled, torch.get_autocast_dtype, torch.amp.autocast_mode._cast),
+        "modes": len(torch.overrides._get_current_function_mode_stack()),
+    }
+
+
+def _cpu_softmax_dtype():
+    with torch.autocast("cpu", dtype=torch.float16):
+        return (torch.randn(2, 2) @ torch.randn(2, 2)).softmax(-1).dtype
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_everything_is_put_back(tmp_path, raises):
+    before, softmax_before = _global_state(), _cpu_softmax_dtype()
+    try:
+        with CudaEmulation(tmp_path):
+            assert torch.cuda.is_available()
+            with torch.autocast("cuda"):
+                if raises:
+                    raise KeyError("the script failed")
+    except KeyError:
+        assert raises
+    assert _global_state() == before and not torch.cuda.is_available()
+    assert torch.cuda is sys.modules["torch.cuda"]
+    assert _cpu_softmax_dtype() == softmax_before == torch.float16
+    with CudaEmulation(tmp_path):  # and it can be entered again
+        assert torch.cuda.is_available()
+    with pytest.raises(RuntimeError, match="already active"):
+        with CudaEmulation(tmp_path):
+            with CudaEmulation(tmp_path):
+                pass
+    assert _global_state() == before
