@@ -31,13 +31,18 @@ def register(subparsers: Any) -> None:
         "in this interpreter as __main__ with the arguments after --, and give each AMP finding a verdict: "
         "confirmed, not_observed, not_reached or not_checkable. Exit code 1 when a finding is confirmed, "
         "0 otherwise, 2 for a usage error.",
-        usage="flake8-amp verify SCRIPT [--steps N] [--timeout S] [--format {text,json,sarif}] [-- SCRIPT_ARGS...]",
+        usage="flake8-amp verify SCRIPT [--steps N] [--timeout S] [--device {auto,cuda,emulated,cpu}] "
+        "[--format {text,json,sarif}] [-- SCRIPT_ARGS...]",
     )
     verify_parser.add_argument("script", help="the training script, e.g. train.py")
     verify_parser.add_argument("--steps", type=int, default=None,
                                help="stop cleanly after N optimizer steps (default: run to the end)")
     verify_parser.add_argument("--timeout", type=float, default=None,
                                help="stop cleanly after S seconds of wall time (default: no limit)")
+    verify_parser.add_argument("--device", choices=("auto", "cuda", "emulated", "cpu"), default="auto",
+                               help="auto: the GPU when there is one, else CUDA emulated on the CPU (CUDA's "
+                               "autocast op lists, one emulated device); cuda: the GPU; emulated: CUDA "
+                               "emulated even beside a GPU; cpu: no emulation (default: auto)")
     verify_parser.add_argument("--format", choices=("text", "json", "sarif"), default="text",
                                help="the report's format; with json and sarif the script's own output goes to "
                                "stderr (default: text)")
@@ -83,8 +88,9 @@ def run_verify(args: argparse.Namespace) -> int:
     script_output = contextlib.redirect_stdout(sys.stderr) if args.format != "text" else contextlib.nullcontext()
     try:
         with script_output:
-            report = verify(args.script, args=script_args, steps=args.steps, timeout=args.timeout)
-    except FileNotFoundError as exc:
+            report = verify(args.script, args=script_args, steps=args.steps, timeout=args.timeout,
+                            device=args.device)
+    except (FileNotFoundError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     except LintError as exc:

@@ -50,7 +50,7 @@ from .cuda_policy import (
     PROMOTE,
 )
 
-__all__ = ["CudaEmulation", "NotEmulated", "EMULATED_DEVICE_NAME"]
+__all__ = ["CudaEmulation", "NotEmulated", "EMULATED_DEVICE_NAME", "autocast_applies"]
 
 EMULATED_DEVICE_NAME = "CUDA emulated on CPU (flake8-amp)"
 _CUDA_DEFAULT_DTYPE = torch.float16
@@ -63,17 +63,31 @@ class NotEmulated(RuntimeError):
 
 
 class _Regions(threading.local):
-    """The autocast regions open in this thread, innermost last: True for an emulated CUDA region."""
+    """The autocast state of each device the script sees, per thread: on real hardware CUDA's and the
+    CPU's are separate, here both are served by CPU autocast underneath. Each entry is (enabled, dtype)."""
 
     def __init__(self) -> None:
-        self.stack: list[bool] = []
+        self.cuda: list[tuple[bool, torch.dtype]] = []
+        self.cpu: list[tuple[bool, torch.dtype]] = []
 
 
 _REGIONS = _Regions()
 
 
-def _in_emulated_region() -> bool:
-    return bool(_REGIONS.stack) and _REGIONS.stack[-1]
+def _cuda_enabled() -> bool:
+    return bool(_REGIONS.cuda) and _REGIONS.cuda[-1][0]
+
+
+def _cpu_region() -> tuple[bool, torch.dtype] | None:
+    return _REGIONS.cpu[-1] if _REGIONS.cpu else None
+
+
+def autocast_applies(device_type: str) -> bool:
+    """Whether an op on a tensor of ``device_type`` runs under autocast: while CUDA is emulated, a CPU
+    tensor stands for a CUDA one, so an emulated CUDA region applies to it too."""
+    if CudaEmulation._active and device_type == "cpu":
+        return _cuda_enabled() or torch.is_autocast_enabled("cpu")
+    return torch.is_autocast_enabled(device_type)
 
 
 # ------------------------------------------------------------------------------------- autocast policy
@@ -109,10 +123,12 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
 
     def kernel(keyset, *args, **kwargs):
         below = keyset.remove(DispatchKey.AutocastCPU)
-        policy = cuda_policy if _in_emulated_region() else cpu_policy
+        if _cuda_enabled():
+            policy, region_dtype = cuda_policy, _REGIONS.cuda[-1][1]
+        else:
+            policy, region_dtype = cpu_policy, _REAL["get_autocast_dtype"]("cpu")
         if policy is None:
             return op.redispatch(below, *args, **kwargs)
-        region_dtype = torch.get_autocast_dtype("cpu")
         if policy == LOWER_PRECISION_FP:
             args, kwargs = _cast(args, region_dtype), {k: _cast(v, region_dtype) for k, v in kwargs.items()}
         elif policy == FP32:
@@ -172,33 +188,79 @@ def _cpu_policy(name: str, cpu_ops: frozenset[str]) -> str | None:
 
 # ------------------------------------------------------------------------------------- autocast regions
 _RealAutocast = torch.amp.autocast
+#: torch's own autocast-state functions, kept before anything is replaced
+_REAL = {
+    "is_autocast_enabled": torch.is_autocast_enabled,
+    "set_autocast_enabled": torch.set_autocast_enabled,
+    "get_autocast_dtype": torch.get_autocast_dtype,
+    "set_autocast_dtype": torch.set_autocast_dtype,
+}
 
 
 class _EmulatedAutocast(_RealAutocast):
-    """``torch.autocast``: device "cuda" opens a CPU autocast region that applies CUDA's policy."""
+    """``torch.autocast`` while CUDA is emulated. Each device keeps its own state, as on real hardware
+    (``autocast("cpu", enabled=False)`` inside a CUDA region leaves the CUDA region on); CPU autocast is
+    on underneath whenever either is, and the replaced kernels apply the policy of the one that is."""
 
     def __init__(self, device_type: str, dtype: torch.dtype | None = None, enabled: bool = True,
                  cache_enabled: bool | None = None) -> None:
-        self._emulated_cuda = device_type == "cuda"
-        if self._emulated_cuda:
-            dtype = _STATE.cuda_dtype if dtype is None else dtype
-            device_type = "cpu"
-        super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+        self._emulated = device_type in ("cuda", "cpu")
+        if not self._emulated:
+            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+            return
+        if not isinstance(device_type, str):
+            raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+        self.device = device_type
+        self.fast_dtype = dtype if dtype is not None else (
+            _STATE.cuda_dtype if device_type == "cuda" else _REAL["get_autocast_dtype"]("cpu"))
+        self._enabled = bool(enabled)
+        self._cache_enabled = torch.is_autocast_cache_enabled() if cache_enabled is None else cache_enabled
+        if device_type == "cuda" and self.fast_dtype not in (torch.float16, torch.bfloat16):
+            warnings.warn("In CUDA autocast, but the target dtype is not supported. Disabling autocast.", stacklevel=2)
+            self._enabled = False
+        if device_type == "cpu" and self.fast_dtype not in (torch.float16, torch.bfloat16):
+            warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.", stacklevel=2)
+            self._enabled = False
 
     def __enter__(self):
-        _REGIONS.stack.append(self._emulated_cuda)
-        try:
+        if not self._emulated:
             return super().__enter__()
-        except BaseException:
-            _REGIONS.stack.pop()
-            raise
+        self._previous = (_REAL["is_autocast_enabled"]("cpu"), _REAL["get_autocast_dtype"]("cpu"),
+                          torch.is_autocast_cache_enabled())
+        stack = _REGIONS.cuda if self.device == "cuda" else _REGIONS.cpu
+        stack.append((self._enabled, self.fast_dtype))
+        _apply_regions()
+        torch.set_autocast_cache_enabled(self._cache_enabled)
+        torch.autocast_increment_nesting()
+        return self
 
     def __exit__(self, *exc_info: Any):
-        try:
+        if not self._emulated:
             return super().__exit__(*exc_info)
-        finally:
-            if _REGIONS.stack:
-                _REGIONS.stack.pop()
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        stack = _REGIONS.cuda if self.device == "cuda" else _REGIONS.cpu
+        if stack:
+            stack.pop()
+        enabled, dtype, cache = self._previous
+        _REAL["set_autocast_enabled"]("cpu", enabled)
+        _REAL["set_autocast_dtype"]("cpu", dtype)
+        torch.set_autocast_cache_enabled(cache)
+        return False
+
+
+def _apply_regions() -> None:
+    """CPU autocast underneath: on when the innermost CUDA or CPU region is, in the dtype of the one whose
+    policy applies (CUDA's first: a CPU tensor stands for a CUDA one)."""
+    cpu = _cpu_region()
+    if _cuda_enabled():
+        _REAL["set_autocast_enabled"]("cpu", True)
+        _REAL["set_autocast_dtype"]("cpu", _REGIONS.cuda[-1][1])
+    elif cpu is not None:
+        _REAL["set_autocast_enabled"]("cpu", cpu[0])
+        _REAL["set_autocast_dtype"]("cpu", cpu[1])
+    else:
+        _REAL["set_autocast_enabled"]("cpu", False)
 
 
 class _EmulatedCudaAmpAutocast(_EmulatedAutocast):
@@ -215,22 +277,22 @@ class _State:
 _STATE = _State()
 
 
-def _is_autocast_enabled(original: Callable) -> Callable:
-    def is_autocast_enabled(device_type: str | None = None) -> bool:
-        if device_type is None or device_type == "cuda":
-            return _in_emulated_region() and original("cpu")
-        return original(device_type)
+def _is_autocast_enabled(device_type: str | None = None) -> bool:
+    if device_type is None or device_type == "cuda":
+        return _cuda_enabled()
+    if device_type == "cpu" and _REGIONS.cpu:
+        return _REGIONS.cpu[-1][0]
+    if device_type == "cpu" and _cuda_enabled():
+        return False  # CPU autocast is on underneath for CUDA's sake only
+    return _REAL["is_autocast_enabled"](device_type)
 
-    return is_autocast_enabled
 
-
-def _get_autocast_dtype(original: Callable) -> Callable:
-    def get_autocast_dtype(device_type: str) -> torch.dtype:
-        if device_type == "cuda":
-            return original("cpu") if _in_emulated_region() else _STATE.cuda_dtype
-        return original(device_type)
-
-    return get_autocast_dtype
+def _get_autocast_dtype(device_type: str) -> torch.dtype:
+    if device_type == "cuda":
+        return _REGIONS.cuda[-1][1] if _REGIONS.cuda else _STATE.cuda_dtype
+    if device_type == "cpu" and _REGIONS.cpu:
+        return _REGIONS.cpu[-1][1]
+    return _REAL["get_autocast_dtype"](device_type)
 
 
 def _amp_cast(original: Callable) -> Callable:
@@ -418,9 +480,11 @@ def _cuda_answers() -> dict[str, Any]:
 
 
 #: torch.cuda names that pass through as they are (exceptions, submodules whose classes work on the CPU)
-_PASS_THROUGH = frozenset({"amp", "OutOfMemoryError", "CudaError", "DeferredCudaCallError", "is_current_stream_capturing",
-                           "_is_compiled", "_lazy_init", "_initialized", "_is_in_bad_fork", "__name__", "__spec__",
-                           "__path__", "__file__", "__loader__", "__package__", "__dict__", "__class__"})
+_PASS_THROUGH = frozenset(
+    {"amp", "OutOfMemoryError", "CudaError", "DeferredCudaCallError", "is_current_stream_capturing", "_is_compiled",
+     "_lazy_init", "_initialized", "_is_in_bad_fork", "__name__", "__spec__", "__path__", "__file__", "__loader__",
+     "__package__", "__dict__", "__class__"}
+)
 
 
 class _CudaNamespace(types.ModuleType):
@@ -521,8 +585,8 @@ class CudaEmulation:
         self._set(torch.cuda.amp, "autocast", _EmulatedCudaAmpAutocast)
         if hasattr(torch.cuda.amp, "autocast_mode"):
             self._set(torch.cuda.amp.autocast_mode, "autocast", _EmulatedCudaAmpAutocast)
-        self._set(torch, "is_autocast_enabled", _is_autocast_enabled(torch.is_autocast_enabled))
-        self._set(torch, "get_autocast_dtype", _get_autocast_dtype(torch.get_autocast_dtype))
+        self._set(torch, "is_autocast_enabled", _is_autocast_enabled)
+        self._set(torch, "get_autocast_dtype", _get_autocast_dtype)
         self._set(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cuda"))
         self._set(real_cuda, "is_autocast_enabled", lambda: torch.is_autocast_enabled("cuda"))
         self._set(torch.amp.autocast_mode, "_cast", _amp_cast(torch.amp.autocast_mode._cast))
@@ -531,7 +595,7 @@ class CudaEmulation:
         mode = _DeviceMode()
         _push_mode(mode)
         self._undo.append(lambda: _pop_exact(mode))
-        _REGIONS.stack = []
+        _REGIONS.cuda, _REGIONS.cpu = [], []
 
     def _uninstall(self) -> None:
         while self._undo:
@@ -540,7 +604,7 @@ class CudaEmulation:
                 undo()
             except Exception:  # noqa: BLE001 - put back everything else even if one step fails
                 pass
-        _REGIONS.stack = []
+        _REGIONS.cuda, _REGIONS.cpu = [], []
         CudaEmulation._active = False
 
 

@@ -136,6 +136,22 @@ def test_an_autocast_cpu_region_keeps_cpus_policy(emulated):
         assert F.binary_cross_entropy(torch.sigmoid(h), torch.rand(4, 8)).dtype == torch.float32
 
 
+def test_each_device_keeps_its_own_autocast_state_as_on_real_hardware(emulated):
+    x, w = torch.randn(4, 8).cuda(), torch.randn(8, 8).cuda()
+    use_cuda = torch.cuda.is_available()
+    # the common "one of the two regions is on" idiom: the CPU region that is off leaves CUDA's on
+    with torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda), torch.autocast(
+        "cpu", dtype=torch.float16, enabled=not use_cuda
+    ):
+        assert torch.is_autocast_enabled("cuda") and not torch.is_autocast_enabled("cpu")
+        assert (x @ w).dtype == torch.float16 and (x @ w).softmax(-1).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cuda", enabled=False):
+            assert torch.is_autocast_enabled("cpu") and (x @ w).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+    assert (x @ w).dtype == torch.float32
+
+
 def test_gradients_flow_through_the_casts_and_grad_scaler_cuda_scales(emulated):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).cuda()
@@ -221,3 +237,47 @@ def test_everything_is_put_back(tmp_path, raises):
             with CudaEmulation(tmp_path):
                 pass
     assert _global_state() == before
+
+
+# ------------------------------------------------------------------------------------- through verify
+CUDA_ONLY_SCRIPT = """
+import torch
+import torch.nn as nn
+
+model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)).cuda()
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+scaler = torch.amp.GradScaler("cuda")
+criterion = nn.BCELoss()
+torch.cuda.manual_seed_all(0)
+for step in range(3):
+    x = torch.randn(8, 16).cuda(non_blocking=True)
+    y = torch.rand(8, 1, device="cuda").round()
+    with torch.autocast("cuda"):
+        loss = criterion(torch.sigmoid(model(x)), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+    torch.cuda.synchronize()
+"""
+
+
+def test_a_script_written_only_for_cuda_verifies_here_and_amp002_is_confirmed(tmp_path):
+    from flake8_amp.runtime import verify
+
+    (tmp_path / "setup.cfg").write_text("")
+    script = tmp_path / "train.py"
+    script.write_text(CUDA_ONLY_SCRIPT)
+    report = verify(script)
+    assert report.emulated and report.device == "cpu"
+    [finding] = report.findings
+    assert (finding.code, finding.line, finding.verdict.value) == ("AMP002", 8, "confirmed")
+    assert finding.evidence.startswith(
+        'step 0: RuntimeError "torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast."'
+    )
+    assert (report.script_error.type, report.script_error.line) == ("RuntimeError", 14)
+    assert not torch.cuda.is_available()
+    # without emulation the same script cannot even build its model here, and AMP002 is never reached
+    plain = verify(script, device="cpu")
+    assert not plain.emulated and plain.findings[0].verdict.value == "not_reached"
+    assert "CUDA" in plain.script_error.message

@@ -92,7 +92,18 @@ def _global_state():
         "clip": torch.nn.utils.clip_grad_norm_,
         "scaler_step": torch.amp.GradScaler.step,
         "module_init": torch.nn.Module.__init__,
+        # what CUDA emulation replaces, when verify runs without a GPU
+        "cuda": (torch.cuda, torch.cuda.is_available, torch.cuda.is_available()),
+        "autocast_api": (torch.autocast, torch.amp.autocast, torch.cuda.amp.autocast, torch.is_autocast_enabled,
+                         torch.get_autocast_dtype, torch.amp.autocast_mode._cast),
+        "cpu_softmax_under_autocast": _cpu_softmax_dtype(),
     }
+
+
+def _cpu_softmax_dtype():
+    """CPU autocast's softmax kernel (which emulation replaces while it runs) keeps float16."""
+    with torch.autocast("cpu", dtype=torch.float16):
+        return (torch.ones(2, 2) @ torch.ones(2, 2)).softmax(-1).dtype
 
 
 @pytest.mark.parametrize(
@@ -127,7 +138,8 @@ def test_state_is_put_back_whatever_the_ending(tmp_path, monkeypatch, ending, st
         assert report.script_error.type == "KeyboardInterrupt"
     elif expect == "steps":
         assert (report.stopped_by, report.steps_run, report.script_error) == ("steps", 5, None)
-        assert str(report).endswith("Ran 5 optimizer steps on cpu (stopped at the step limit).")
+        emulated = "" if torch.cuda.is_available() else " (CUDA emulated)"
+        assert str(report).endswith(f"Ran 5 optimizer steps on cpu{emulated} (stopped at the step limit).")
     else:
         assert report.stopped_by == "timeout" and report.script_error is None
         assert report.steps_run <= 20  # 0.05 s per step
@@ -274,7 +286,8 @@ def test_json_report_matches_the_documented_schema(tmp_path, monkeypatch):
     report = run_verify(tmp_path, SCALED_SCRIPT)
     document = json.loads(report.to_json())
     jsonschema.validate(document, REPORT_SCHEMA)
-    assert document["steps_run"] == 4 and document["emulated"] is False and document["device"] == "cpu"
+    assert document["steps_run"] == 4 and document["device"] == "cpu"
+    assert document["emulated"] is not torch.cuda.is_available()  # CUDA is emulated where there is none
     assert [f["code"] for f in document["findings"]] == ["AMP001", "AMP003", "AMP010"]
     assert document["scaler"]["scales"][0] == 65536.0
     assert document["scaler"]["skipped_steps"] == [s for s in range(4) if s in document["scaler"]["skipped_steps"]]
@@ -314,13 +327,26 @@ def test_command_line_exit_codes_and_streams(tmp_path):
     assert text.returncode == 1
     assert text.stdout.startswith("step 0\n")  # the script's own output, then the report
     assert "train.py:15:5: AMP010 clip_grad_norm_ between" in text.stdout
-    assert text.stdout.rstrip().endswith("Ran 2 optimizer steps on cpu (stopped at the step limit).")
+    emulated = "" if torch.cuda.is_available() else " (CUDA emulated)"
+    assert text.stdout.rstrip().endswith(f"Ran 2 optimizer steps on cpu{emulated} (stopped at the step limit).")
+    if emulated:  # the report says so first, right after the script's own output
+        report = text.stdout.split("step 1\n", 1)[1]
+        assert report.startswith("CUDA emulated on the CPU: the script saw one CUDA device, and autocast('cuda') cast")
+        cuda = _cli(tmp_path, "train.py", "--device", "cuda")
+        assert cuda.returncode == 2 and cuda.stdout == ""
+        assert "device='cuda' needs a GPU and this machine has none; device='auto' emulates CUDA" in cuda.stderr
+    plain = _cli(tmp_path, "train.py", "--steps", "2", "--device", "cpu")
+    assert plain.stdout.rstrip().endswith("Ran 2 optimizer steps on cpu (stopped at the step limit).")
+    assert "CUDA emulated" not in plain.stdout
+    assert _cli(tmp_path, "train.py", "--device", "tpu").returncode == 2
     as_json = _cli(tmp_path, "train.py", "--format", "json")
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout)["steps_run"] == 4  # stdout is the report alone
     assert "step 0" in as_json.stderr
     clean = _cli(tmp_path, "clean.py")
-    assert (clean.returncode, clean.stdout.splitlines()[-2:]) == (0, ["no AMP findings to verify", "Ran 0 optimizer steps on cpu."])
+    assert (clean.returncode, clean.stdout.splitlines()[-2:]) == (
+        0, ["no AMP findings to verify", f"Ran 0 optimizer steps on cpu{emulated}."]
+    )
     assert _cli(tmp_path, "missing.py").returncode == 2
     assert _cli(tmp_path, "train.py", "--steps", "0").returncode == 2
     assert _cli(tmp_path, "train.py", "--format", "xml").returncode == 2

@@ -22,13 +22,18 @@ import torch
 from ...rules import RULES_BY_CODE
 from ..evidence import LineEvidence, Outcome, Verdict
 from .deadline import Deadline
+from ..cuda_emulation import CudaEmulation
 from .attribution import ProjectFrames, Span, statement_spans
 from .isolation import ScriptIsolation
 from .lint import LintedFinding, LintError, lint_for_verify, project_files
 from .recorder import Recorder, StopScript
 from .report import NonfiniteOrigin, ScriptError, VerifiedFinding, VerifyReport
 
-__all__ = ["LintError", "VerifyReport", "verify"]
+__all__ = ["DEVICES", "LintError", "VerifyReport", "verify"]
+
+#: where verify runs the script: auto (the GPU when there is one, else CUDA emulated on the CPU), cuda (the
+#: GPU; an error without one), emulated (CUDA emulated on the CPU, even beside a GPU), cpu (no emulation)
+DEVICES = ("auto", "cuda", "emulated", "cpu")
 
 # exceptions that are control flow, not errors
 _NOT_ERRORS = (StopIteration, StopAsyncIteration, GeneratorExit, StopScript)
@@ -39,14 +44,23 @@ def verify(
     args: Sequence[str] = (),
     steps: int | None = None,
     timeout: float | None = None,
+    device: str = "auto",
 ) -> VerifyReport:
     """Run ``script`` with ``sys.argv = [script, *args]`` and verify the AMP findings on it and on the
     project modules it imports. ``steps`` stops the run cleanly after that many optimizer steps,
-    ``timeout`` after that many seconds. A script that raises is a result: its error is in
-    ``report.script_error``. Raises FileNotFoundError for a missing script, ValueError for bad limits,
-    LintError when flake8 cannot lint the files, and RuntimeError when this torch cannot be instrumented
-    (the script does not run then)."""
+    ``timeout`` after that many seconds. ``device`` is one of :data:`DEVICES`: by default the script runs
+    on the GPU when there is one and with CUDA emulated on the CPU otherwise (``report.emulated``), so
+    that a script written for CUDA meets CUDA's autocast there too. A script that raises is a result: its
+    error is in ``report.script_error``. Raises FileNotFoundError for a missing script, ValueError for bad
+    limits or device, LintError when flake8 cannot lint the files, and RuntimeError when this torch cannot
+    be instrumented (the script does not run then)."""
     path = Path(script)
+    if device not in DEVICES:
+        raise ValueError(f"flake8-amp verify: device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("flake8-amp verify: device='cuda' needs a GPU and this machine has none; "
+                         "device='auto' emulates CUDA on the CPU")
+    emulate = device == "emulated" or (device == "auto" and not torch.cuda.is_available())
     if not path.is_file():
         raise FileNotFoundError(f"flake8-amp verify: no such script: {script}")
     if steps is not None and steps < 1:
@@ -71,7 +85,8 @@ def verify(
 
     script_error = None
     exit_status = None
-    with ScriptIsolation(str(path.parent)):
+    emulation = CudaEmulation(path.parent) if emulate else contextlib.nullcontext()
+    with ScriptIsolation(str(path.parent)), emulation:
         sys.argv[:] = [str(path), *args]
         sys.path.insert(0, str(path.parent))
         try:
@@ -102,7 +117,7 @@ def verify(
     report = VerifyReport(
         script=str(path),
         device=_device(recorder.devices),
-        emulated=False,
+        emulated=emulate,
         steps_run=recorder.step,
         skipped_steps=list(recorder.run.skipped_steps),
         scales=list(recorder.run.scales),

@@ -38,6 +38,7 @@ from ..evidence import (
     RunEvidence,
     ScalerCall,
 )
+from ..cuda_emulation import CudaEmulation, autocast_applies
 from ..formats import get_format
 from .attribution import ProjectFrames, Span
 
@@ -332,7 +333,7 @@ class Recorder:
             return
         low = out.detach()
         try:
-            with torch.autocast(low.device.type, enabled=False):
+            with _autocast_off(low.device.type):
                 reference = func(*_upcast(args), **_upcast(kwargs))
         except Exception:  # noqa: BLE001 - an op that will not run in float32 has nothing to compare
             return
@@ -841,9 +842,18 @@ def _autocast_enabled(args: tuple) -> bool:
         device = tensor.device.type
         break
     try:
-        return torch.is_autocast_enabled(device)
+        return autocast_applies(device)
     except (RuntimeError, TypeError):
         return False
+
+
+def _autocast_off(device: str) -> contextlib.AbstractContextManager:
+    """Autocast off for an op on ``device``: while CUDA is emulated, a CPU tensor's CUDA region too."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device, enabled=False))
+    if CudaEmulation._active and device == "cpu":
+        stack.enter_context(torch.autocast("cuda", enabled=False))
+    return stack
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -121,6 +121,9 @@ class VerifyReport:
 
     def __str__(self) -> str:
         lines = []
+        if self.emulated:
+            lines.append("CUDA emulated on the CPU: the script saw one CUDA device, and autocast('cuda') cast each op "
+                         "as CUDA autocast does (tensors themselves stayed on the CPU).")
         for finding in self.findings:
             lines.append(f"{_display(finding.path)}:{finding.line}:{finding.col}: {finding.code} {_what(finding.message)}")
             lines.append(f"  {_TEXT_VERDICT[finding.verdict]:<12} {finding.evidence}")
