@@ -37,7 +37,8 @@ def read_doc(code: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The parts of the docs that restate a rule's metadata are generated from it, so they cannot drift:
 # each doc's header line, the first bullet of its "When it stays quiet" (the shared exemptions that
-# apply to it), the README's rule table and the table in exemptions.md. `python -m flake8_amp.rule_docs`
+# apply to it), the README's rule table, the table in exemptions.md and the CUDA op table in
+# autocast-op-lists.md (from the table CUDA emulation applies). `python -m flake8_amp.rule_docs`
 # rewrites them in a checkout; tests/test_rule_docs.py fails while any is stale.
 
 QUIET_HEADING = "## When it stays quiet"
@@ -101,6 +102,28 @@ def rules_table(rules: Iterable["Rule"], link_prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+#: how the op table names each CUDA autocast policy
+_POLICY_HEADINGS = {
+    "lower_precision_fp": "the autocast dtype (float16 by default)",
+    "fp32": "float32",
+    "fp32_set_opt_dtype": "float32, unless a `dtype=` is given",
+    "fp32_append_dtype": "float32 (a float32 `dtype` is appended)",
+    "promote": "the widest input type",
+    "banned": "raises",
+}
+
+
+def cuda_op_table() -> str:
+    """The CUDA autocast op table of autocast-op-lists.md, from the table CUDA emulation applies."""
+    from .runtime.cuda_policy import ops_with
+
+    lines = ["| CUDA autocast runs it in | ops |", "|---|---|"]
+    for policy, heading in _POLICY_HEADINGS.items():
+        ops = ", ".join(f"`{op}`" for op in sorted(ops_with(policy)))
+        lines.append(f"| {heading} | {ops} |")
+    return "\n".join(lines)
+
+
 def exemptions_table(rules: Iterable["Rule"]) -> str:
     """Which parts of the shared policy apply to which rule, for exemptions.md."""
     mark = {True: "quiet", False: "reports"}
@@ -157,6 +180,8 @@ def sync_checkout(root: Path) -> list[Path]:
     wanted[readme] = with_table(readme.read_text(encoding="utf-8"), "rule table", rules_table(ALL_RULES, "rule_docs/"))
     policy = root / "rule_docs" / POLICY_PAGE
     wanted[policy] = with_table(policy.read_text(encoding="utf-8"), "exemption table", exemptions_table(ALL_RULES))
+    op_lists = root / "rule_docs" / "autocast-op-lists.md"
+    wanted[op_lists] = with_table(op_lists.read_text(encoding="utf-8"), "cuda op table", cuda_op_table())
     changed = [path for path, text in wanted.items() if path.read_text(encoding="utf-8") != text]
     for path in changed:
         path.write_text(wanted[path], encoding="utf-8")

@@ -12,6 +12,7 @@ import pytest
 from flake8_amp.engine import LintOptions, lint_source
 from flake8_amp.rule_docs import (
     QUIET_HEADING,
+    cuda_op_table,
     doc_header,
     docs_directory,
     exemptions_table,
@@ -127,6 +128,13 @@ def test_readme_rule_table_is_generated_from_the_rules():
     ) in table
     assert "| [AMP013](rule_docs/AMP013.md) | LOW | stable | `amp-deprecated-amp-api` (C5113) |" in table
     assert table.count("\n") == len(ALL_RULES) + 1
+
+
+def test_the_cuda_op_table_is_generated_from_the_table_emulation_applies():
+    page = (docs_directory() / "autocast-op-lists.md").read_text(encoding="utf-8")
+    assert with_table(page, "cuda op table", cuda_op_table()) == page, STALE
+    assert "| raises | `binary_cross_entropy` |" in page
+    assert "`softmax.int`" in page.split("| float32, unless a `dtype=` is given |", 1)[1].split("\n", 1)[0]
 
 
 def test_exemption_table_is_generated_from_the_rules():

@@ -96,11 +96,16 @@ def _eligible(value: Any) -> bool:
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """A tensor, or a list of tensors (``Tensor[]`` arguments), cast as autocast casts: eligible ones only."""
     if isinstance(value, torch.Tensor):
         return value.to(dtype) if _eligible(value) and value.dtype is not dtype else value
-    if isinstance(value, (list, tuple)) and value and any(isinstance(item, torch.Tensor) for item in value):
+    if isinstance(value, (list, tuple)) and any(isinstance(item, torch.Tensor) for item in value):
         return type(value)(_cast(item, dtype) for item in value)
     return value
+
+
+def _cast_all(args: tuple, kwargs: dict, dtype: torch.dtype) -> tuple[tuple, dict]:
+    return tuple(_cast(arg, dtype) for arg in args), {name: _cast(value, dtype) for name, value in kwargs.items()}
 
 
 def _tensors(values: Any):
@@ -130,15 +135,15 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
         if policy is None:
             return op.redispatch(below, *args, **kwargs)
         if policy == LOWER_PRECISION_FP:
-            args, kwargs = _cast(args, region_dtype), {k: _cast(v, region_dtype) for k, v in kwargs.items()}
+            args, kwargs = _cast_all(args, kwargs, region_dtype)
         elif policy == FP32:
-            args, kwargs = _cast(args, torch.float32), {k: _cast(v, torch.float32) for k, v in kwargs.items()}
+            args, kwargs = _cast_all(args, kwargs, torch.float32)
         elif policy == PROMOTE:
             widest = region_dtype
             for tensor in _tensors((*args, *kwargs.values())):
                 if _eligible(tensor):
                     widest = torch.promote_types(widest, tensor.dtype)
-            args, kwargs = _cast(args, widest), {k: _cast(v, widest) for k, v in kwargs.items()}
+            args, kwargs = _cast_all(args, kwargs, widest)
         elif policy == FP32_SET_OPT_DTYPE:
             if _eligible(_first_tensor(args)):
                 if dtype_index is not None and len(args) > dtype_index:

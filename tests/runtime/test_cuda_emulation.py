@@ -281,3 +281,77 @@ def test_a_script_written_only_for_cuda_verifies_here_and_amp002_is_confirmed(tm
     plain = verify(script, device="cpu")
     assert not plain.emulated and plain.findings[0].verdict.value == "not_reached"
     assert "CUDA" in plain.script_error.message
+
+
+# ------------------------------------------------------------------------------------- every op in the table
+class _Recorded:
+    """Stands in for an ATen overload: the real schema, a redispatch that records what it was handed."""
+
+    def __init__(self, name):
+        base, _, overload = name.partition(".")
+        self.real = getattr(getattr(torch.ops.aten, base), overload or "default")
+        self._schema = self.real._schema
+        self.calls = []
+
+    def redispatch(self, keyset, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return None
+
+
+def _arguments(schema, make):
+    """Arguments for a schema: a tensor from ``make`` for each Tensor, a list of two for Tensor[], else the
+    default or a harmless value; keyword-only ones are left to their defaults."""
+    args = []
+    for argument in schema.arguments:
+        if argument.kwarg_only:
+            break
+        kind = str(argument.type)
+        if kind.startswith("Tensor[]") or kind.startswith("List[Tensor]"):
+            args.append([make(), make()])
+        elif "Tensor" in kind:
+            args.append(make())
+        elif argument.has_default_value():
+            args.append(argument.default_value)
+        else:
+            args.append(0)
+    return args
+
+
+def _dtypes(value):
+    if isinstance(value, torch.Tensor):
+        return [value.dtype]
+    if isinstance(value, (list, tuple)):
+        return [d for item in value for d in _dtypes(item)]
+    return []
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_POLICY))
+def test_every_op_in_the_table_is_cast_as_the_table_says(name, emulated):
+    from flake8_amp.runtime.cuda_emulation import _make_kernel
+
+    policy = CUDA_POLICY[name]
+    op = _Recorded(name)
+    kernel = _make_kernel(op, name, None)
+    keyset = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+    source = torch.float32 if policy in (cuda_policy.LOWER_PRECISION_FP, cuda_policy.PROMOTE) else torch.float16
+    args = _arguments(op._schema, lambda: torch.ones(2, dtype=source))
+    if policy == cuda_policy.PROMOTE:  # one float16 input beside the float32 ones
+        args[0] = torch.ones(2, dtype=torch.float16)
+    with torch.autocast("cuda", dtype=torch.float16):
+        if policy == cuda_policy.BANNED:
+            with pytest.raises(RuntimeError, match="unsafe to autocast"):
+                kernel(keyset, *args)
+            return
+        kernel(keyset, *args)
+    if policy == cuda_policy.FP32_APPEND_DTYPE:
+        assert op.calls == []  # redispatched to the overload that takes a dtype, float32
+        return
+    [(called, kwargs)] = op.calls
+    dtypes = set(_dtypes(called))
+    if policy == cuda_policy.LOWER_PRECISION_FP:
+        assert dtypes == {torch.float16}
+    elif policy in (cuda_policy.FP32, cuda_policy.PROMOTE):
+        assert dtypes == {torch.float32}
+    elif policy == cuda_policy.FP32_SET_OPT_DTYPE:
+        index = next(i for i, argument in enumerate(op._schema.arguments) if argument.name == "dtype")
+        assert (called[index] if len(called) > index else kwargs.get("dtype")) == torch.float32
