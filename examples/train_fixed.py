@@ -1,7 +1,12 @@
 """examples/train_buggy.py with every AMP finding fixed. Lints clean, and runs on CPU:
 
-    flake8 --select AMP examples/train_fixed.py && python examples/train_fixed.py
+    flake8 --select AMP --amp-preview=on examples/train_fixed.py && python examples/train_fixed.py
+    flake8-amp verify examples/train_fixed.py --steps 4   (nothing to verify; CUDA emulated without a GPU)
 """
+
+import functools
+import os
+import tempfile
 
 import torch
 import torch.nn as nn
@@ -28,8 +33,9 @@ class ScaledMatmul(torch.autograd.Function):
 
 
 class Classifier(nn.Module):
-    def __init__(self, features=64, dim=128, classes=4):
+    def __init__(self, features=64, dim=128, classes=4, fused=False):
         super().__init__()
+        self.fused = fused
         self.encoder = nn.Linear(features, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-5)
         self.proj = nn.Parameter(torch.randn(dim, dim) / dim**0.5)
@@ -37,7 +43,7 @@ class Classifier(nn.Module):
 
     def forward(self, features, frame_mask=None):
         h = self.norm(torch.relu(self.encoder(features)))
-        h = ScaledMatmul.apply(h, self.proj)
+        h = ScaledMatmul.apply(h, self.proj) if self.fused else h @ self.proj.t()
         if frame_mask is not None:
             h = h.masked_fill(~frame_mask[:, None], torch.finfo(h.dtype).min)
         return self.head(torch.relu(h))
@@ -51,11 +57,11 @@ calibration_head = nn.Linear(4, 4).to(device)
 calibration_optimizer = torch.optim.Adam(calibration_head.parameters(), lr=1e-3)
 
 
-def train_step(step, features, labels, pair_labels):
+def train_step(step, features, labels):
     features = features.to(device)
     with torch.autocast(device):
         logits = model(features)
-        loss = F.cross_entropy(logits, labels) + is_duplicate(logits[:, 0], pair_labels)
+        loss = F.cross_entropy(logits, labels)
         confidence = logits.softmax(-1).max(-1).values.mean(dtype=torch.float32)
     scaler.scale(loss / accumulation_steps).backward()
     if (step + 1) % accumulation_steps == 0:
@@ -67,9 +73,28 @@ def train_step(step, features, labels, pair_labels):
     return loss.item(), confidence.item()
 
 
+def duplicate_loss(features, pair_labels):
+    with torch.autocast(device):
+        logits = model(features.to(device))
+        return is_duplicate(logits[:, 0], pair_labels)
+
+
+def masked_logits(features, frame_mask):
+    with torch.autocast(device):
+        return model(features.to(device), frame_mask)
+
+
+def fused_warmup(features, labels):
+    fused = Classifier(fused=True).to(device)
+    with torch.autocast(device):
+        loss = F.cross_entropy(fused(features.to(device)), labels)
+    scaler.scale(loss).backward()
+    fused.zero_grad()
+
+
 def calibration_step(features, labels):
     with torch.autocast(device):
-        logits = calibration_head(model(features))
+        logits = calibration_head(model(features.to(device)))
         loss = F.cross_entropy(logits, labels)
     scaler.scale(loss).backward()
     scaler.step(calibration_optimizer)
@@ -84,15 +109,15 @@ def evaluate(features):
 
 
 def class_log_probs(features):
-    with torch.autocast("cuda"):
-        logits = model(features)
+    with torch.autocast(device):
+        logits = model(features.to(device))
         with torch.autocast(device, enabled=False):
             return torch.log_softmax(logits.float(), dim=-1)
 
 
 def logit_energy(features):
     with torch.autocast(device):
-        logits = model(features)
+        logits = model(features.to(device))
     return logits.float().pow(2).sum()
 
 
@@ -103,8 +128,25 @@ def save_checkpoint(path):
 
 
 if __name__ == "__main__":
-    for step in range(4):
-        features = torch.randn(8, 64)
-        labels = torch.randint(0, 4, (8,), device=device)
-        pair_labels = torch.rand(8, device=device).round()
-        print(step, train_step(step, features, labels, pair_labels))
+    torch.manual_seed(0)
+    features = torch.randn(8, 64) * 1e-5  # raw sensor energies: small values
+    labels = torch.randint(0, 4, (8,), device=device)
+    pair_labels = torch.rand(8, device=device).round()
+    frame_mask = torch.rand(8, device=device) > 0.2
+    # Every function runs, each in a stage of its own, as in train_buggy.py.
+    stages = {f"train step {step}": functools.partial(train_step, step, features, labels) for step in range(4)}
+    stages |= {
+        "duplicates": lambda: duplicate_loss(features, pair_labels).item(),
+        "masked frames": lambda: masked_logits(features, frame_mask).float().abs().max().item(),
+        "fused warm-up": lambda: fused_warmup(features, labels),
+        "calibration": lambda: calibration_step(features, labels),
+        "evaluate": lambda: evaluate(features).float().exp().sum(-1).mean().item(),
+        "class log-probs": lambda: class_log_probs(features).float().min().item(),
+        "logit energy": lambda: logit_energy(features).item(),
+        "checkpoint": lambda: save_checkpoint(os.path.join(tempfile.mkdtemp(), "last.pt")),
+    }
+    for name, stage in stages.items():
+        try:
+            print(f"{name}: {stage()}")
+        except Exception as exc:  # the same runner as the buggy twin; nothing here raises
+            print(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0]}")

@@ -54,6 +54,9 @@ __all__ = ["CudaEmulation", "NotEmulated", "EMULATED_DEVICE_NAME", "autocast_app
 
 EMULATED_DEVICE_NAME = "CUDA emulated on CPU (flake8-amp)"
 _CUDA_DEFAULT_DTYPE = torch.float16
+_CUDA_AMP_AUTOCAST_DEPRECATED = (
+    "`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead."
+)
 #: the overload that ``norm`` is redispatched to with a float32 dtype appended (autocast_mode.h)
 _APPENDED_DTYPE_OVERLOAD = {"norm.Scalar": "norm.ScalarOpt_dtype", "norm.ScalarOpt_dim": "norm.ScalarOpt_dim_dtype"}
 
@@ -272,6 +275,8 @@ class _EmulatedCudaAmpAutocast(_EmulatedAutocast):
     """The deprecated ``torch.cuda.amp.autocast(enabled=True, dtype=torch.float16, cache_enabled=True)``."""
 
     def __init__(self, enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True) -> None:
+        # the deprecation warning torch gives, at the caller's line, as on a GPU
+        warnings.warn(_CUDA_AMP_AUTOCAST_DEPRECATED, FutureWarning, stacklevel=2)
         super().__init__("cuda", dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
 

@@ -355,3 +355,25 @@ def test_every_op_in_the_table_is_cast_as_the_table_says(name, emulated):
     elif policy == cuda_policy.FP32_SET_OPT_DTYPE:
         index = next(i for i, argument in enumerate(op._schema.arguments) if argument.name == "dtype")
         assert (called[index] if len(called) > index else kwargs.get("dtype")) == torch.float32
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_buggy_example_s_hazards_are_confirmed_with_cuda_emulated_and_its_twin_is_clean(capsys):
+    """The issue's bar: run as on a GPU, train_buggy.py's main block reaches its hazards and verify
+    confirms them with evidence; train_fixed.py has nothing to confirm."""
+    from flake8_amp.runtime import verify
+
+    report = verify(EXAMPLES / "train_buggy.py", steps=4, device="emulated")
+    assert report.emulated and report.script_error is None
+    confirmed = {f.code: f.evidence for f in report.findings if f.verdict.value == "confirmed"}
+    assert {"AMP001", "AMP002", "AMP007", "AMP010", "AMP019"} <= set(confirmed)
+    assert confirmed["AMP002"].endswith('RuntimeError "torch.nn.functional.binary_cross_entropy and '
+                                        'torch.nn.BCELoss are unsafe to autocast."')
+    assert confirmed["AMP007"].endswith('RuntimeError "value cannot be converted to type c10::Half without overflow"')
+    assert "clip saw a total norm of" in confirmed["AMP010"]
+    assert "the optimizer stepped on gradients still scaled by" in confirmed["AMP019"]
+    fixed = verify(EXAMPLES / "train_fixed.py", steps=4, device="emulated")
+    assert fixed.findings == [] and fixed.script_error is None and fixed.nonfinite_origins == []
+    capsys.readouterr()

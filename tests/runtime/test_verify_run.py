@@ -445,6 +445,31 @@ def test_the_readme_shows_verify_s_real_output_on_the_bundled_example():
     assert report["steps_run"] == 20
 
 
+def test_an_error_is_recorded_even_after_many_exceptions_were_raised_and_freed(tmp_path, monkeypatch):
+    """A regression: errors were remembered by id(), and a freed exception's id is soon reused, so the
+    hazard's own error was taken for one already recorded and the finding read not_observed."""
+    monkeypatch.chdir(tmp_path)
+    report = run_verify(tmp_path, """
+import torch
+
+scores = torch.ones(2, 2, dtype=torch.float16)
+mask = torch.eye(2, dtype=torch.bool)
+for attempt in range(50):  # a hazard the script raises, catches and frees, again and again
+    try:
+        scores.masked_fill(mask, -1e9)
+    except RuntimeError:
+        pass
+try:
+    scores.masked_fill(mask, 1e9)  # another line's: its own error must be recorded
+except RuntimeError:
+    pass
+""")
+    assert [(f.code, f.line, f.verdict.value) for f in report.findings] == [
+        ("AMP007", 7, "confirmed"), ("AMP007", 11, "confirmed")
+    ]
+    assert "value cannot be converted to type c10::Half without overflow" in report.findings[1].evidence
+
+
 def test_a_failure_inside_the_recorder_never_reaches_the_script(tmp_path, monkeypatch):
     from flake8_amp.runtime.verification import recorder
 

@@ -119,7 +119,9 @@ class Recorder:
         self._values: list[tuple[torch.Tensor, Site | None, str, str, tuple, tuple[int, ...]]] = []
         self._producers: dict[int, tuple[Any, int]] = {}  # id(tensor) -> (weak ref, index in _values)
         self._deferred: list[tuple[Callable[[list[float]], None], list[torch.Tensor]]] = []
-        self._seen_errors: set[int] = set()
+        # exceptions already recorded, by id: the exception itself is held (ids of freed objects are reused,
+        # and exceptions take no weak references) until the step ends, when none can still be propagating
+        self._seen_errors: dict[int, BaseException] = {}
         # objects created at watched lines, followed to their uses (a BCELoss, an optimizer)
         self.followed: "weakref.WeakKeyDictionary[Any, Site]" = weakref.WeakKeyDictionary()
         self.scaled_outputs: "weakref.WeakSet[torch.Tensor]" = weakref.WeakSet()
@@ -206,7 +208,7 @@ class Recorder:
             out = func(*args, **kwargs)
         except Exception as exc:
             if name in ("backward", "grad"):  # raised in the backward pass (a custom Function's): it surfaces here too
-                self._seen_errors.discard(id(exc))
+                self._seen_errors.pop(id(exc), None)
             self._record_error(exc, sites)
             raise
         self.busy = True
@@ -433,19 +435,24 @@ class Recorder:
         return bool(node is not None and node.metadata.get("flake8_amp_scaled"))
 
     # ------------------------------------------------------------------ errors, time
+    def _seen(self, exc: BaseException) -> bool:
+        """Whether ``exc`` was recorded already; it is from now on."""
+        if self._seen_errors.get(id(exc)) is exc:
+            return True
+        self._seen_errors[id(exc)] = exc
+        return False
+
     def _record_error(self, exc: BaseException, sites: Iterable[Site]) -> None:
-        if id(exc) in self._seen_errors:
+        if self._seen(exc):
             return
-        self._seen_errors.add(id(exc))
         for site in sites:
             self.watched[site].errors.append(ErrorRecord(type(exc).__name__, _first_line(exc), self.step))
             self._touch(self.watched[site])
 
     def record_error_at(self, exc: BaseException, site: Site) -> None:
         """An exception seen by the line tracer in a watched frame (not a torch op)."""
-        if id(exc) in self._seen_errors or site not in self.watched:
+        if site not in self.watched or self._seen(exc):
             return
-        self._seen_errors.add(id(exc))
         self.watched[site].errors.append(ErrorRecord(type(exc).__name__, _first_line(exc), self.step))
         self._touch(self.watched[site])
 
@@ -456,6 +463,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ steps
     def end_step(self, skipped: bool = False) -> None:
+        self._seen_errors.clear()
         self.flush()
         self.step += 1
         self.run.steps_run = self.step
