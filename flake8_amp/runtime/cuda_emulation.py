@@ -57,6 +57,7 @@ _CUDA_DEFAULT_DTYPE = torch.float16
 _CUDA_AMP_AUTOCAST_DEPRECATED = (
     "`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead."
 )
+_AUTOCAST_CPU = torch._C.DispatchKeySet(DispatchKey.AutocastCPU)
 #: the overload that ``norm`` is redispatched to with a float32 dtype appended (autocast_mode.h)
 _APPENDED_DTYPE_OVERLOAD = {"norm.Scalar": "norm.ScalarOpt_dtype", "norm.ScalarOpt_dim": "norm.ScalarOpt_dim_dtype"}
 
@@ -128,6 +129,8 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
     CPU one (``cpu_policy`` None: CPU autocast has no kernel for the op, it runs as called)."""
     cuda_policy = CUDA_POLICY.get(name)
     dtype_index = next((i for i, arg in enumerate(op._schema.arguments) if arg.name == "dtype"), None)
+    returns = op._schema.returns
+    one_tensor = len(returns) == 1 and str(returns[0].type) == "Tensor"
 
     def kernel(keyset, *args, **kwargs):
         below = keyset.remove(DispatchKey.AutocastCPU)
@@ -139,6 +142,15 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
             return op.redispatch(below, *args, **kwargs)
         if policy == LOWER_PRECISION_FP:
             args, kwargs = _cast_all(args, kwargs, region_dtype)
+            if one_tensor:
+                # What a GPU's tensor cores do with float16/bfloat16 operands: products accumulated in
+                # float32, the result rounded to the low-precision dtype. The CPU has no fast float16
+                # GEMM, so the rounded operands are multiplied in float32 and the result rounded back:
+                # the same values and dtypes, at float32's speed.
+                wide_args, wide_kwargs = _cast_all(args, kwargs, torch.float32)
+                with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+                    out = op.redispatch(below, *wide_args, **wide_kwargs)
+                return out.to(region_dtype) if out.dtype is torch.float32 else out
         elif policy == FP32:
             args, kwargs = _cast_all(args, kwargs, torch.float32)
         elif policy == PROMOTE:
@@ -157,10 +169,15 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
         elif policy == FP32_APPEND_DTYPE:
             if _eligible(_first_tensor(args)):
                 target = getattr(torch.ops.aten.norm, _APPENDED_DTYPE_OVERLOAD[name].split(".", 1)[1])
-                return target.redispatch(below, *args, **kwargs, dtype=torch.float32)
+                with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+                    return target.redispatch(below, *args, **kwargs, dtype=torch.float32)
         elif policy == BANNED:
             raise RuntimeError(BANNED_MESSAGE)
-        return op.redispatch(below, *args, **kwargs)
+        # As torch's autocast kernels do: the op runs with autocast excluded, so that the ops a composite
+        # is built from are not cast a second time (an op autocast does not list falls through instead,
+        # above, and its parts are autocast one by one).
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+            return op.redispatch(below, *args, **kwargs)
 
     return kernel
 

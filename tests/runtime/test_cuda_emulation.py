@@ -152,6 +152,27 @@ def test_each_device_keeps_its_own_autocast_state_as_on_real_hardware(emulated):
     assert (x @ w).dtype == torch.float32
 
 
+def test_a_transformer_layer_trains_under_emulated_autocast(emulated):
+    """Composite ops (scaled_dot_product_attention's math path) run with autocast excluded, as torch's
+    autocast kernels run them: their parts are not cast a second time (which broke the backward)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0).cuda()
+    x = torch.randn(2, 5, 32, device="cuda")
+    with torch.autocast("cuda"):
+        attention = F.scaled_dot_product_attention(x, x, x)
+        out = layer(x)
+    assert attention.dtype == torch.float16 and out.dtype == torch.float32  # the last op is a layer_norm
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())
+
+
+def test_a_float16_product_is_rounded_operands_accumulated_in_float32_rounded_back(emulated):
+    a, b = torch.randn(16, 64), torch.randn(64, 16)
+    with torch.autocast("cuda"):
+        product = a @ b
+    assert torch.equal(product, (a.half().float() @ b.half().float()).half())
+
+
 def test_gradients_flow_through_the_casts_and_grad_scaler_cuda_scales(emulated):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).cuda()
@@ -295,7 +316,7 @@ class _Recorded:
 
     def redispatch(self, keyset, *args, **kwargs):
         self.calls.append((args, kwargs))
-        return None
+        return torch.full((2,), 1.0 + 2**-12)  # a float32 result that float16 cannot hold exactly
 
 
 def _arguments(schema, make):
@@ -317,6 +338,14 @@ def _arguments(schema, make):
     return args
 
 
+def _tensor_values(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensor_values(item)]
+    return []
+
+
 def _dtypes(value):
     if isinstance(value, torch.Tensor):
         return [value.dtype]
@@ -334,7 +363,8 @@ def test_every_op_in_the_table_is_cast_as_the_table_says(name, emulated):
     kernel = _make_kernel(op, name, None)
     keyset = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
     source = torch.float32 if policy in (cuda_policy.LOWER_PRECISION_FP, cuda_policy.PROMOTE) else torch.float16
-    args = _arguments(op._schema, lambda: torch.ones(2, dtype=source))
+    # 1 + 2**-12 is a float32 that float16 rounds to 1: whether an operand was rounded shows in its value
+    args = _arguments(op._schema, lambda: torch.full((2,), 1.0 + 2**-12).to(source))
     if policy == cuda_policy.PROMOTE:  # one float16 input beside the float32 ones
         args[0] = torch.ones(2, dtype=torch.float16)
     with torch.autocast("cuda", dtype=torch.float16):
@@ -342,14 +372,21 @@ def test_every_op_in_the_table_is_cast_as_the_table_says(name, emulated):
             with pytest.raises(RuntimeError, match="unsafe to autocast"):
                 kernel(keyset, *args)
             return
-        kernel(keyset, *args)
+        out = kernel(keyset, *args)
     if policy == cuda_policy.FP32_APPEND_DTYPE:
         assert op.calls == []  # redispatched to the overload that takes a dtype, float32
         return
     [(called, kwargs)] = op.calls
     dtypes = set(_dtypes(called))
     if policy == cuda_policy.LOWER_PRECISION_FP:
-        assert dtypes == {torch.float16}
+        returns = op._schema.returns
+        if len(returns) == 1 and str(returns[0].type) == "Tensor":
+            # operands rounded to float16, multiplied in float32, the result rounded to float16
+            assert dtypes == {torch.float32}
+            assert all(torch.equal(t, torch.ones(2)) for t in _tensor_values(called))
+            assert out.dtype == torch.float16 and torch.equal(out, torch.ones(2, dtype=torch.float16))
+        else:
+            assert dtypes == {torch.float16}
     elif policy in (cuda_policy.FP32, cuda_policy.PROMOTE):
         assert dtypes == {torch.float32}
     elif policy == cuda_policy.FP32_SET_OPT_DTYPE:
