@@ -19,3 +19,9 @@ def finetune_step(features, labels):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+if __name__ == "__main__":
+    for step in range(4):
+        features = torch.randn(8, 64, device=device)
+        print(step, finetune_step(features, torch.randint(0, 4, (8,), device=device)))

@@ -23,3 +23,9 @@ def pretrain_step(tokens, targets):
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+if __name__ == "__main__":
+    for step in range(4):
+        tokens = torch.randint(0, 256, (8, 16), device=device)
+        print(step, pretrain_step(tokens, tokens.roll(-1, dims=1)))

@@ -78,3 +78,16 @@ def test_the_readme_shows_what_the_first_set_up_command_prints():
     assert int(count) == len(default.stdout.splitlines())
     assert all(line in default.stdout.splitlines() for line in block.splitlines())
     assert f"With `--amp-preview=on` it prints {len(preview.stdout.splitlines())}," in readme
+
+
+@pytest.mark.parametrize("path", BUGGY + FIXED, ids=lambda path: path.name)
+def test_the_main_block_calls_every_function_the_example_defines(path):
+    """So that `flake8-amp verify` can reach every hazard (and show the fixed twin clean everywhere)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    main = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    assert len(main) == 1, "no `if __name__ == '__main__':` block"
+    called = {node.id for node in ast.walk(main[0]) if isinstance(node, ast.Name)}
+    assert functions <= called, f"never called from the main block: {sorted(functions - called)}"
