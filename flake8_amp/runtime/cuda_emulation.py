@@ -356,8 +356,6 @@ class _DeviceMode(TorchFunctionMode):
             return args[0]
         if name == "is_pinned":
             return False
-        if name == "record_stream":
-            return None
         if "device" in kwargs:
             kwargs["device"] = _on_cpu(kwargs["device"])
         if kwargs.get("pin_memory"):
@@ -606,6 +604,8 @@ class CudaEmulation:
         for name, value in functions.items():
             self._set(real_cuda, name, value)
         self._set(torch, "cuda", _CudaNamespace(real_cuda, functions, self.project_root))
+        # its C++ argument parser refuses the emulated Stream before any mode could see the call
+        self._set(torch.Tensor, "record_stream", lambda tensor, stream: None)
 
         for owner in (torch, torch.amp, torch.amp.autocast_mode):
             self._set(owner, "autocast", _EmulatedAutocast)

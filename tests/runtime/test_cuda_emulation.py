@@ -60,6 +60,8 @@ def test_a_cuda_script_finds_a_device_and_its_tensors_land_on_the_cpu(emulated):
     assert device == "cuda"
     model = nn.Linear(3, 2).cuda()
     model.to(torch.device("cuda:0"))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 3)), batch_size=2, pin_memory=True)
+    assert [batch.cuda(non_blocking=True).shape for (batch,) in loader] == [(2, 3), (2, 3)]
     tensors = [
         torch.zeros(2, 3, device="cuda"),
         torch.randn(2, 3, device=torch.device("cuda", 0)),
@@ -78,8 +80,10 @@ def test_a_cuda_script_finds_a_device_and_its_tensors_land_on_the_cpu(emulated):
     assert torch.cuda.max_memory_allocated() == 0 and torch.cuda.memory_allocated(0) == 0
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    with torch.cuda.stream(torch.cuda.Stream()):
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
         end.record()
+        tensors[0].record_stream(stream)
     end.synchronize()
     assert start.elapsed_time(end) >= 0
 
@@ -228,6 +232,7 @@ def _global_state():
         "is_available": torch.cuda.is_available,
         "autocast": (torch.autocast, torch.amp.autocast, torch.amp.autocast_mode.autocast, torch.cuda.amp.autocast),
         "queries": (torch.is_autocast_enabled, torch.get_autocast_dtype, torch.amp.autocast_mode._cast),
+        "record_stream": torch.Tensor.record_stream,
         "modes": len(torch.overrides._get_current_function_mode_stack()),
     }
 
