@@ -66,6 +66,8 @@ class ScalerUpdateOutOfStep(Rule):
             by_scaler: dict[str, list[TrainingEvent]] = defaultdict(list)
             direct_steps, backwards, zero_grads = [], [], []
             for event in training.events(scope):
+                if event.kind == UPDATE and _sets_the_scale(event.call):
+                    continue  # update(new_scale) writes the scale and reads no inf check: it needs no step()
                 if event.kind in (SCALER_STEP, UPDATE, UNSCALE):
                     by_scaler[event.scaler].append(event)  # type: ignore[index]
                 elif event.kind == DIRECT_STEP:
@@ -189,3 +191,11 @@ def _guards(steps: list[TrainingEvent], flow: ControlFlow) -> list[frozenset[Fac
 
     # "not on a TPU" holds wherever the scaler runs at all, so it guards nothing
     return [frozenset(f for f in own if not opposed(f) and not excluded_by_cuda_amp(f)) for own in facts]
+
+
+def _sets_the_scale(call: ast.Call) -> bool:
+    """``scaler.update(new_scale)``: GradScaler takes the scale it is given, skips the inf checks that a plain
+    update() asserts were recorded, and asserts nothing (icefall bumps a small scale this way after its
+    step and update)."""
+    given = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "new_scale"), None)
+    return given is not None and not (isinstance(given, ast.Constant) and given.value is None)

@@ -79,12 +79,27 @@ class DeprecatedAmpApi(Rule):
                 continue
             qualified = deprecated_name(analysis.resolve(node))
             if qualified and not isinstance(analysis.parents.get(node), ast.Attribute):
-                yield self._report(node, qualified, imported=False)
+                if not _in_local_annotation(node, analysis):
+                    yield self._report(node, qualified, imported=False)
 
     def _report(self, node: ast.AST, qualified: str, imported: bool) -> Finding:
         replacement = DEPRECATED_AMP_API[qualified]
         where = "imported" if imported else "used"
         return self.finding(node, f"deprecated {qualified} {where}", fix=f"use {replacement}")
+
+
+def _in_local_annotation(node: ast.AST, analysis: ModuleAnalysis) -> bool:
+    """Inside the annotation of a variable annotated in a function body (``scaler: Optional[amp.GradScaler]
+    = None``), which Python never evaluates (PEP 526): nothing there runs, now or once the API is gone."""
+    child, parent = node, analysis.parents.get(node)
+    while parent is not None and not isinstance(parent, ast.stmt):
+        child, parent = parent, analysis.parents.get(parent)
+    if not isinstance(parent, ast.AnnAssign) or child is not parent.annotation:
+        return False
+    scope = analysis.parents.get(parent)
+    while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+        scope = analysis.parents.get(scope)
+    return isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef))
 
 
 def _imported_here(path: str, line: int) -> set[str]:
