@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .analyzer import json_safe
 
@@ -42,6 +44,15 @@ _FORMAT_LIMITS = {  # dtype name -> (max, smallest normal)
     "float32": (3.4028234663852886e38, 2.0**-126),
 }
 _PRECISION_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+# The ring buffer's columns: one row per step.
+_LOSS, _LOSS_SEEN, _GRAD_NORM, _SCALE, _LAYERS = 0, 1, 2, 3, 4
+#: a gradient norm that could not be read (no gradient: after zero_grad, in an eval step): not a NaN
+MISSING = -1.0
+#: skipped GradScaler steps in a row that alert (one is a growth probe: the scale doubled, overflowed once)
+CONSECUTIVE_SKIPS = 3
+#: a loss scale this many times below the highest it reached has collapsed
+SCALE_COLLAPSE = 2.0**10
 
 
 @dataclass
@@ -99,6 +110,14 @@ class MonitorSummary:
 # format's max, is noise, not trouble.
 _ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05}
 _RELATIVE_FLOOR = 0.05
+# Gradient norms swing multiplicatively in healthy training: a noisy layer's norm can reach 5-7x its
+# median within a few hundred clean steps, a quiet layer's hardly 2x. They are judged on a log scale, so
+# that each layer's threshold follows its own variability (8 robust sigmas of log norm: about 6x the
+# median for a quiet layer, far more for a noisy one), and a new value must also be more than
+# _LOG_RANGE_FACTOR times the highest seen to pass the range test. A learning-rate spike or an exploding
+# layer moves them by orders of magnitude.
+_LOG_SCALE_METRICS = frozenset({"grad_norm"})
+_LOG_RANGE_FACTOR = 4.0
 
 
 class _Baseline:
@@ -109,29 +128,39 @@ class _Baseline:
         self.window = window
         self.high = -math.inf
         self.floor = _ABSOLUTE_FLOOR.get(metric, 0.0)
+        self.log = metric in _LOG_SCALE_METRICS
+        self.range_factor = _LOG_RANGE_FACTOR if self.log else 2.0
+
+    def _scaled(self, value: float) -> float:
+        return math.log(max(value, 1e-30)) if self.log else value
 
     def describe(self) -> str:
         median, scale = self.center()
+        if self.log:
+            return f"{_fmt(math.exp(median))} x/÷ {math.exp(scale):.2g}"
         return f"{_fmt(median)}±{_fmt(scale)}"
 
     def center(self) -> tuple[float, float]:
-        values = list(self.values)[-max(self.window, 8) :]
+        """Median and robust spread (1.4826 MAD), on the metric's scale (log for gradient norms)."""
+        values = [self._scaled(v) for v in list(self.values)[-max(self.window, 8) :]]
         median = statistics.median(values)
         mad = statistics.median(abs(v - median) for v in values)
-        return median, max(1.4826 * mad, _RELATIVE_FLOOR * abs(median), 1e-12)
+        floor = _RELATIVE_FLOOR if self.log else _RELATIVE_FLOOR * abs(median)
+        return median, max(1.4826 * mad, floor, 1e-12)
 
     def judge(self, value: float, sigma: float) -> float | None:
         """The deviation in robust sigmas if ``value`` is anomalously high, else None (and learn it).
 
-        High means: more than ``sigma`` robust deviations above the median, or more than twice the
-        highest value seen so far; either way by more than the metric's absolute floor. Only rises are
-        judged: a falling loss or gradient norm is training, not trouble.
+        High means: more than ``sigma`` robust deviations above the median, or more than twice (a gradient
+        norm: four times) the highest value seen so far; either way by more than the metric's absolute
+        floor. Only rises are judged: a falling loss or gradient norm is training, not trouble.
         """
         if len(self.values) >= 8:
             median, scale = self.center()
-            deviation = (value - median) / scale
-            beyond_sigma = deviation > sigma and value - median > self.floor
-            beyond_range = self.high > 0 and value > 2 * self.high and value - self.high > self.floor
+            deviation = (self._scaled(value) - median) / scale
+            linear_median = math.exp(median) if self.log else median
+            beyond_sigma = deviation > sigma and value - linear_median > self.floor
+            beyond_range = self.high > 0 and value > self.range_factor * self.high and value - self.high > self.floor
             if beyond_sigma or beyond_range:
                 return deviation
         self.values.append(value)
@@ -173,8 +202,10 @@ class TrainingMonitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"TrainingMonitor needs an nn.Module, got {type(model).__name__}")
-        if precision not in (None, "fp16", "bf16"):
-            raise ValueError(f"precision must be 'fp16', 'bf16' or None, got {precision!r}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        validate_options(warmup_steps=warmup_steps, alert_window=alert_window, sigma=sigma,
+                         sample_every=sample_every, report_every=report_every, precision=precision)
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.warmup_steps, self.alert_window, self.sigma = warmup_steps, alert_window, sigma
         self.sample_every = max(1, sample_every)
@@ -201,8 +232,9 @@ class TrainingMonitor:
         self.device = device
         self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
         n_layers = len(self.layers)
-        # Ring buffer, one row per step: loss, grad_norm, scale, then one gradient norm per layer.
-        self._columns = 3 + n_layers
+        # Ring buffer, one row per step: loss, whether a loss was given, grad_norm, scale, then one gradient
+        # norm per layer (MISSING where there was no gradient to read).
+        self._columns = _LAYERS + n_layers
         self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32, device=device)
         self._buffer_steps: list[int] = []
         self._lr: list[float] = []
@@ -224,9 +256,15 @@ class TrainingMonitor:
         self._previous_scale: float | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self._worst: dict[tuple[str, str], float] = {}
-        self._optimizer_hook = None
-        if optimizer is not None:
-            self._optimizer_hook = optimizer.register_step_pre_hook(self._guarded(self._capture_gradients))
+        self._parameter_ids = {id(p) for p in self._params}
+        self._consecutive_skips = 0
+        self._highest_scale = 0.0
+        self._scale_trajectory: deque[float] = deque(maxlen=CONSECUTIVE_SKIPS + 1)
+        # Gradients are read when an optimizer over the model's parameters steps, whether it was handed
+        # over or not (torch's global step hook): by the time the step returns, zero_grad may have run.
+        self._optimizer_hook = register_optimizer_step_pre_hook(
+            self._guarded(self._capture_gradients)
+        )
         self._attach_hooks()  # step 0 is sampled when the monitor exists before its forward pass
 
     # ------------------------------------------------------------------ public API
@@ -335,35 +373,54 @@ class TrainingMonitor:
 
     # ------------------------------------------------------------------ per step (device side)
     def _capture_gradients(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.optimizer is not None and optimizer is not self.optimizer:
+            return
+        if self.optimizer is None:
+            if not any(id(p) in self._parameter_ids for group in optimizer.param_groups for p in group["params"]):
+                return  # another model's optimizer
+            self.optimizer = optimizer
+        if self.scaler is None:
+            self.scaler = _driving_scaler()
         self._pending_grads = self._gradient_norms()
 
     def _gradient_norms(self) -> torch.Tensor | None:
+        """Per layer, the norm of its gradients; MISSING for a layer none of whose parameters has one."""
         grads = [p.grad for p in self._params if p.grad is not None]
-        if len(grads) != len(self._params) or not grads:
-            if not grads:
-                return None
+        if not grads:
+            return None
+        complete = len(grads) == len(self._params)
+        if complete:
+            layer_index = self._layer_index
+        else:
             index = torch.tensor([i for i, p in enumerate(self._params) if p.grad is not None], device=self.device)
             layer_index = self._layer_index[index]
-        else:
-            layer_index = self._layer_index
         norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
         squares = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
         squares.index_add_(0, layer_index, norms * norms)
-        return squares.sqrt()
+        layer_norms = squares.sqrt()
+        if not complete:
+            present = torch.zeros(len(self.layers), dtype=torch.bool, device=self.device)
+            present[layer_index] = True
+            layer_norms = torch.where(present, layer_norms, MISSING)
+        return layer_norms
 
     def _step(self, loss: Any) -> None:
         layer_norms = self._pending_grads if self._pending_grads is not None else self._gradient_norms()
         self._pending_grads = None
         row = torch.full((self._columns,), math.nan, dtype=torch.float32, device=self.device)
+        row[_LOSS_SEEN] = 0.0
+        row[_GRAD_NORM] = MISSING
+        row[_LAYERS:] = MISSING
         loss_value = self._loss_tensor(loss)
         if loss_value is not None:
-            row[0] = loss_value
+            row[_LOSS] = loss_value
+            row[_LOSS_SEEN] = 1.0
         if layer_norms is not None:
-            row[1] = layer_norms.square().sum().sqrt()
-            row[3:] = layer_norms
+            row[_GRAD_NORM] = layer_norms.clamp_min(0).square().sum().sqrt()
+            row[_LAYERS:] = layer_norms
         scale = getattr(self.scaler, "_scale", None) if self.scaler is not None else None
         if isinstance(scale, torch.Tensor):
-            row[2] = scale.detach().to(device=self.device, dtype=torch.float32).reshape(())
+            row[_SCALE] = scale.detach().to(device=self.device, dtype=torch.float32).reshape(())
         slot = len(self._buffer_steps)
         self._buffer[slot].copy_(row)
         self._buffer_steps.append(self.steps)
@@ -481,18 +538,38 @@ class TrainingMonitor:
             self._log_status(steps[-1])
 
     def _judge_step(self, step: int, row: list[float], lr: float, acts: list[list[float]] | None, rank: int | None) -> None:
-        loss, grad_norm, scale = row[0], row[1], row[2]
-        layer_norms = row[3:]
-        record: dict[str, Any] = {"step": step, "loss": loss, "grad_norm": grad_norm, "scale": scale, "lr": lr}
+        loss, loss_seen, scale = row[_LOSS], row[_LOSS_SEEN] == 1.0, row[_SCALE]
+        grad_norm = math.nan if row[_GRAD_NORM] == MISSING else row[_GRAD_NORM]
+        # a layer without a gradient this step (zeroed, frozen, an eval step) is missing, not non-finite
+        layer_norms = [math.nan if v == MISSING else v for v in row[_LAYERS:]]
+        missing = {i for i, v in enumerate(row[_LAYERS:]) if v == MISSING}
+        record: dict[str, Any] = {"step": step, "loss": loss if loss_seen else math.nan, "grad_norm": grad_norm,
+                                  "scale": scale, "lr": lr}
         if rank is not None:
             record["rank"] = rank
         alerts: list[Alert] = []
-        # Skipped steps: the scale went down after this step's update().
-        if not math.isnan(scale):
-            if self._previous_scale is not None and scale < self._previous_scale and rank in (None, 0):
+        # Skipped steps: the scale went down after this step's update(). An isolated one is the GradScaler
+        # probing a higher scale (it doubles, overflows once, halves): counted, not alerted. Several in a
+        # row, or a scale fallen far below the highest it reached, are trouble.
+        skipped = False
+        if not math.isnan(scale) and rank in (None, 0):
+            if self._previous_scale is not None and scale < self._previous_scale:
+                skipped = True
                 self.skipped_steps.append(step)
                 record["skipped"] = True
-            self._previous_scale = scale if rank in (None, 0) else self._previous_scale
+                logger.debug("flake8-amp monitor: GradScaler skipped step %d (scale %s -> %s)", step,
+                             _fmt(self._previous_scale), _fmt(scale))
+            self._consecutive_skips = self._consecutive_skips + 1 if skipped else 0
+            self._scale_trajectory.append(scale)
+            self._highest_scale = max(self._highest_scale, scale)
+            self._previous_scale = scale
+            trajectory = " -> ".join(_fmt(v) for v in self._scale_trajectory)
+            if self._consecutive_skips >= CONSECUTIVE_SKIPS and self._may_alert(("skips", None, rank), step):
+                alerts.append(Alert(step, f"{self._consecutive_skips} GradScaler steps skipped in a row (scale "
+                                    f"{trajectory})", scale, "isolated skips", None, rank))
+            elif scale * SCALE_COLLAPSE <= self._highest_scale and self._may_alert(("collapse", None, rank), step):
+                alerts.append(Alert(step, f"loss scale collapsed (highest {_fmt(self._highest_scale)}; {trajectory})",
+                                    scale, f"> {_fmt(self._highest_scale / SCALE_COLLAPSE)}", None, rank))
         # NaN / Inf: at once, warm-up or not, naming the first layer where they appeared.
         first_bad_activation = None
         if acts is not None:
@@ -503,8 +580,12 @@ class TrainingMonitor:
                     record["underflow"][name] = underflow
                 if finite == 0 and first_bad_activation is None:
                     first_bad_activation = name
-        bad_layers = [self.layers[i] for i, v in enumerate(layer_norms) if not math.isfinite(v)]
-        if first_bad_activation or bad_layers or (not math.isnan(loss) and not math.isfinite(loss)):
+        # Non-finite gradients on a step the GradScaler skipped are what the scaler is for: the skip is the
+        # event (above), not a NaN in a layer.
+        bad_layers = [] if skipped else [
+            self.layers[i] for i, v in enumerate(layer_norms) if i not in missing and not math.isfinite(v)
+        ]
+        if first_bad_activation or bad_layers or (loss_seen and not math.isfinite(loss)):
             layer = first_bad_activation or (bad_layers[0] if bad_layers else None)
             metric = "activation" if first_bad_activation else ("gradient" if bad_layers else "loss")
             value = loss if metric == "loss" else math.nan
@@ -516,7 +597,7 @@ class TrainingMonitor:
                 if finite and headroom >= 1 and self._may_alert(("overflow", name, rank), step):
                     alerts.append(Alert(step, "activation overflow (max |x| / format max)", headroom, "< 1", name, rank))
         # Statistical alerts after warm-up.
-        judged = [("loss", None, loss), ("grad_norm", None, grad_norm)]
+        judged = [("loss", None, loss if loss_seen else math.nan), ("grad_norm", None, grad_norm)]
         judged += [("grad_norm", layer, v) for layer, v in zip(self.layers, layer_norms)]
         if acts is not None:
             for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
@@ -583,6 +664,10 @@ def watch_training(
     ``train_step.monitor``. The step's return value passes through untouched.
     """
 
+    validate_options(**options)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+
     def decorate(step_function: Callable) -> Callable:
         @functools.wraps(step_function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -637,6 +722,44 @@ def _find(args: tuple, kwargs: dict, kind: type) -> Any:
 
 
 # ---------------------------------------------------------------------- helpers
+def validate_options(**options: Any) -> None:
+    """The monitor's options, checked where they are given: a typo or a value out of range is an error
+    at once, not a monitor that turns itself off at the first step."""
+    known = {"warmup_steps", "alert_window", "sigma", "sample_every", "report_every", "precision", "writer",
+             "sync_every_step"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown monitor option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                        f"the options are {', '.join(sorted(known))}")
+    for name in ("warmup_steps", "alert_window", "sample_every", "report_every"):
+        value = options.get(name)
+        if value is None:
+            continue
+        smallest = 0 if name == "warmup_steps" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise ValueError(f"{name} must be an integer of at least {smallest}, got {value!r}")
+    sigma = options.get("sigma")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))
+                              or not math.isfinite(sigma) or sigma <= 0):
+        raise ValueError(f"sigma must be a finite number above 0, got {sigma!r}")
+    if options.get("precision") not in (None, "fp16", "bf16"):
+        raise ValueError(f"precision must be 'fp16', 'bf16' or None, got {options['precision']!r}")
+
+
+def _driving_scaler() -> Any:
+    """The GradScaler whose ``step()`` is driving the optimizer step in progress, if one is: found on the
+    call stack, so that a scaler that is a global (the README's pattern) is watched too."""
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, torch.amp.GradScaler):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 

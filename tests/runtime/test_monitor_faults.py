@@ -1,0 +1,130 @@
+"""The monitor on the README's own pattern: an optimizer and a GradScaler that are globals, zero_grad()
+after step(), float16 with the scaler's growth probes. Clean runs raise nothing; injected faults alert at
+their step; a missing gradient is not a NaN; skipped steps are their own event."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from flake8_amp.runtime import TrainingMonitor, watch_training  # noqa: E402
+
+STEPS = 500
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+
+
+def data(steps: int):
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(8, 1, 8, 8, generator=generator)
+        yield x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
+
+
+def readme_run(dtype=None, *, faults=None, growth_interval=10, steps=STEPS):
+    """The README's example: the step takes the model and a batch; optimizer and scaler are globals."""
+    faults = faults or {}
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=growth_interval, enabled=dtype == torch.float16)
+
+    @watch_training(warmup_steps=50, alert_window=25)
+    def train_step(model, batch, step):
+        x, y = batch
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        if step in faults:
+            loss = loss * faults[step]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for step, batch in enumerate(data(steps)):
+        train_step(model, batch, step)
+    return train_step.monitor, scaler
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+def test_the_readme_pattern_runs_500_clean_steps_without_an_alert(dtype):
+    monitor, scaler = readme_run(dtype)
+    summary = monitor.summary()
+    assert summary.alerts == [] and summary.disabled_reason is None
+    # the gradients were read at the optimizer's step, before zero_grad: every step has a norm (but the
+    # first, which ran before the decorator made the monitor), NaN only where the scaler skipped the step
+    records = list(monitor.history)[1:]
+    assert all(math.isfinite(r["grad_norm"]) for r in records if not r.get("skipped"))
+    if dtype == torch.float16:
+        # the global scaler was found through the step it drove; its growth probes are counted, not alerted
+        assert monitor.scaler is scaler
+        assert len(summary.skipped_steps) >= 3 and all(math.isfinite(r["scale"]) for r in records)
+
+
+def test_a_nan_loss_alerts_at_its_step():
+    monitor, _ = readme_run(torch.float16, faults={300: float("nan")}, growth_interval=2000)
+    alerts = monitor.summary().alerts
+    assert [(a.step, a.metric) for a in alerts] == [(300, "non-finite loss (NaN/Inf)")]
+
+
+def test_skipped_steps_in_a_row_alert_with_the_scale_trajectory_and_not_as_nan_gradients():
+    monitor, _ = readme_run(torch.float16, faults={s: float("inf") for s in range(300, 305)}, growth_interval=2000)
+    alerts = monitor.summary().alerts
+    assert [a.step for a in alerts if "skipped in a row" in a.metric] == [302]
+    skipped = next(a for a in alerts if "skipped in a row" in a.metric)
+    scales = [r["scale"] for r in monitor.history if 299 <= r["step"] <= 302]
+    assert skipped.metric.endswith(f"(scale {' -> '.join(f'{v:.3g}' for v in scales)})")
+    assert scales[1:] == [scales[0] / 2, scales[0] / 4, scales[0] / 8]
+    assert not [a for a in alerts if "gradient" in a.metric]
+    assert [a.step for a in alerts if "loss" in a.metric] == [300]  # the inf loss itself, once per window
+    assert set(range(300, 305)) <= set(monitor.summary().skipped_steps)
+
+
+def test_a_step_without_gradients_is_missing_not_nan():
+    """An eval step decorated like a train step, under no_grad: nothing to read is not a NaN."""
+    model = small_cnn()
+
+    @watch_training(warmup_steps=5, alert_window=5)
+    def evaluate(model, x):
+        with torch.no_grad():
+            return model(x).float().logsumexp(-1).mean()
+
+    for x, _ in data(30):
+        evaluate(model, x)
+    summary = evaluate.monitor.summary()
+    assert summary.alerts == [] and all(math.isnan(r["grad_norm"]) for r in evaluate.monitor.history)
+
+
+def test_another_models_optimizer_is_not_watched():
+    model, other = small_cnn(), nn.Linear(3, 1)
+    monitor = TrainingMonitor(model, warmup_steps=5, alert_window=5)
+    other_optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    other(torch.ones(2, 3)).sum().backward()
+    other_optimizer.step()
+    assert monitor.optimizer is None
+    monitor.close()
+
+
+def test_options_are_checked_where_they_are_given():
+    with pytest.raises(TypeError, match=r"unknown monitor option 'warmup_stpes'; the options are alert_window"):
+        watch_training(warmup_stpes=10)
+    for options, message in [
+        ({"alert_window": 0}, "alert_window must be an integer of at least 1, got 0"),
+        ({"warmup_steps": -1}, "warmup_steps must be an integer of at least 0, got -1"),
+        ({"sigma": math.nan}, "sigma must be a finite number above 0, got nan"),
+        ({"sample_every": 2.5}, "sample_every must be an integer of at least 1, got 2.5"),
+        ({"precision": "fp8"}, "precision must be 'fp16', 'bf16' or None, got 'fp8'"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            watch_training(**options)
+        with pytest.raises(ValueError):
+            TrainingMonitor(small_cnn(), **options)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got str"):
+        watch_training(optimizer="adam")
