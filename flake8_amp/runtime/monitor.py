@@ -200,6 +200,13 @@ class TrainingMonitor:
         writer: Any = None,
         sync_every_step: bool = False,
     ) -> None:
+        with torch.inference_mode(False), torch.no_grad():  # created under inference_mode, buffers stay usable
+            self._setup(model, optimizer, scaler, warmup_steps, alert_window, sigma, sample_every, report_every,
+                        precision, writer, sync_every_step)
+
+    def _setup(self, model: nn.Module, optimizer: Any, scaler: Any, warmup_steps: int, alert_window: int,
+               sigma: float, sample_every: int, report_every: int | None, precision: str | None, writer: Any,
+               sync_every_step: bool) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"TrainingMonitor needs an nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -272,7 +279,9 @@ class TrainingMonitor:
         """Record one training step (call after the optimizer step). Never raises."""
         if not self.enabled:
             return
-        self._guarded(self._step)(loss)
+        # the monitor's own tensors are never inference tensors, whatever mode the step ran in
+        with torch.inference_mode(False), torch.no_grad():
+            self._guarded(self._step)(loss)
 
     def summary(self) -> MonitorSummary:
         """The run's story so far; also logged at INFO."""
@@ -394,7 +403,7 @@ class TrainingMonitor:
         else:
             index = torch.tensor([i for i, p in enumerate(self._params) if p.grad is not None], device=self.device)
             layer_index = self._layer_index[index]
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        norms = _norms(grads)
         squares = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
         squares.index_add_(0, layer_index, norms * norms)
         layer_norms = squares.sqrt()
@@ -586,8 +595,10 @@ class TrainingMonitor:
             self.layers[i] for i, v in enumerate(layer_norms) if i not in missing and not math.isfinite(v)
         ]
         if first_bad_activation or bad_layers or (loss_seen and not math.isfinite(loss)):
-            layer = first_bad_activation or (bad_layers[0] if bad_layers else None)
-            metric = "activation" if first_bad_activation else ("gradient" if bad_layers else "loss")
+            # where it appeared first: a forward activation, then the loss, then the backward's gradients
+            loss_bad = loss_seen and not math.isfinite(loss)
+            layer = first_bad_activation or (None if loss_bad else bad_layers[0])
+            metric = "activation" if first_bad_activation else ("loss" if loss_bad else "gradient")
             value = loss if metric == "loss" else math.nan
             if self._may_alert(("nonfinite", None, rank), step):
                 alerts.append(Alert(step, f"non-finite {metric} (NaN/Inf)", value, "finite", layer, rank))
@@ -618,14 +629,24 @@ class TrainingMonitor:
                 alerts.append(Alert(step, metric, value, baseline.describe(), layer, rank, deviation))
         self.history.append(record)
         if self.writer is not None and rank in (None, 0):
-            for key in ("loss", "grad_norm", "scale", "lr"):
-                if not math.isnan(record[key]):
-                    self.writer.add_scalar(f"amp/{key}", record[key], step)
+            self._write(record, step)
         for alert in alerts:
             self.alerts.append(alert)
             self._alert_count += 1
             if not _distributed() or torch.distributed.get_rank() == 0:
                 logger.warning("%s", alert.message())
+
+    def _write(self, record: dict[str, Any], step: int) -> None:
+        """The writer is a side channel: if it fails (a full disk, a closed writer), it alone is dropped,
+        said once, and detection goes on."""
+        try:
+            for key in ("loss", "grad_norm", "scale", "lr"):
+                if not math.isnan(record[key]):
+                    self.writer.add_scalar(f"amp/{key}", record[key], step)
+        except Exception as exc:  # noqa: BLE001 - the writer's failure is not the monitor's
+            self.writer = None
+            logger.error("flake8-amp monitor: the writer failed at step %d (%s: %s); it is no longer written to, "
+                         "monitoring goes on", step, type(exc).__name__, exc)
 
     def _may_alert(self, key: tuple[str, str | None, int | None], step: int) -> bool:
         """One alert per metric and layer per alert window: no storms."""
@@ -744,6 +765,21 @@ def validate_options(**options: Any) -> None:
         raise ValueError(f"sigma must be a finite number above 0, got {sigma!r}")
     if options.get("precision") not in (None, "fp16", "bf16"):
         raise ValueError(f"precision must be 'fp16', 'bf16' or None, got {options['precision']!r}")
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Each gradient's 2-norm as float32, in one fused call per kind: float16/bfloat16/float32 gradients
+    accumulate in float32; float64 ones in float64 (torch refuses to narrow them inside the norm)."""
+    wide = [i for i, g in enumerate(grads) if g.dtype == torch.float64]
+    if not wide:
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    narrow = [i for i in range(len(grads)) if i not in set(wide)]
+    norms = torch.empty(len(grads), dtype=torch.float32, device=grads[0].device)
+    for indices, dtype in ((wide, None), (narrow, torch.float32)):
+        if indices:
+            values = torch._foreach_norm([grads[i] for i in indices], 2, dtype=dtype)
+            norms[torch.tensor(indices, device=norms.device)] = torch.stack(values).float()
+    return norms
 
 
 def _driving_scaler() -> Any:

@@ -128,3 +128,68 @@ def test_options_are_checked_where_they_are_given():
             TrainingMonitor(small_cnn(), **options)
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got str"):
         watch_training(optimizer="adam")
+
+
+def test_a_float64_model_is_watched_and_its_nan_alerts():
+    model = small_cnn().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TrainingMonitor(model, warmup_steps=10, alert_window=10)
+    for step, (x, y) in enumerate(data(40)):
+        loss = nn.functional.cross_entropy(model(x.double() * (math.nan if step == 30 else 1.0)), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+    summary = monitor.summary()
+    assert summary.disabled_reason is None
+    assert [(a.step, a.metric) for a in summary.alerts] == [(30, "non-finite activation (NaN/Inf)")]
+    assert all(math.isfinite(r["grad_norm"]) for r in list(monitor.history)[:30])
+
+
+def test_a_first_step_under_inference_mode_does_not_stop_the_monitor():
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    @watch_training(optimizer=optimizer, warmup_steps=10, alert_window=10)
+    def step(model, x, y, train=True, poison=False):
+        with torch.inference_mode(not train):
+            loss = nn.functional.cross_entropy(model(x), y) * (math.inf if poison else 1.0)
+        if train:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return loss
+
+    batches = list(data(30))
+    step(model, *batches[0], train=False)  # the monitor is made here, under inference_mode
+    for index, (x, y) in enumerate(batches[1:], start=1):
+        step(model, x, y, poison=index == 25)
+    summary = step.monitor.summary()
+    assert summary.disabled_reason is None
+    assert [(a.step, a.metric) for a in summary.alerts] == [(25, "non-finite loss (NaN/Inf)")]
+
+
+def test_a_writer_that_fails_is_dropped_alone_and_detection_goes_on(caplog):
+    class FullDisk:
+        calls = 0
+
+        def add_scalar(self, tag, value, step):
+            FullDisk.calls += 1
+            if step >= 3:
+                raise OSError("No space left on device")
+
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    writer = FullDisk()
+    monitor = TrainingMonitor(model, optimizer, warmup_steps=10, alert_window=10, report_every=1, writer=writer)
+    with caplog.at_level("ERROR", logger="flake8_amp.runtime"):
+        for step, (x, y) in enumerate(data(30)):
+            loss = nn.functional.cross_entropy(model(x), y) * (math.inf if step == 20 else 1.0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step(loss)
+    summary = monitor.summary()
+    assert summary.disabled_reason is None and monitor.writer is None
+    assert caplog.text.count("the writer failed at step 3 (OSError: No space left on device)") == 1
+    assert [(a.step, a.metric) for a in summary.alerts] == [(20, "non-finite loss (NaN/Inf)")]
