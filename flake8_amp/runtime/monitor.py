@@ -248,7 +248,7 @@ class TrainingMonitor:
         self._pending_grads: torch.Tensor | None = None
 
         # Activation sampling: hooks on leaf modules, attached only for sampled steps.
-        self._act_modules = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+        self._act_modules = _watched_modules(model)
         self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 4): amax, headroom, underflow, distortion
         self._act_finite: dict[int, torch.Tensor] = {}
         self._hooks: list[Any] = []
@@ -491,7 +491,8 @@ class TrainingMonitor:
     def _activation_stats(self, x: torch.Tensor) -> torch.Tensor:
         """[max |x|, headroom (max |x| / format max), underflow ratio, distortion, all finite]."""
         dtype = str(x.dtype).removeprefix("torch.")
-        judged_as = _PRECISION_DTYPES.get(self.precision or "", dtype) if dtype == "float32" else dtype
+        # precision="fp16" asks of a float32 or bfloat16 run: would these values survive float16?
+        judged_as = _PRECISION_DTYPES.get(self.precision or "", dtype) if dtype in ("float32", "bfloat16") else dtype
         fmt_max, fmt_normal = _FORMAT_LIMITS.get(judged_as, _FORMAT_LIMITS["float32"])
         magnitude = x.abs().float()
         finite = torch.isfinite(magnitude).all()
@@ -499,7 +500,7 @@ class TrainingMonitor:
         amax = magnitude.max()
         nonzero = (magnitude > 0).sum().clamp_min(1)
         underflow = ((magnitude > 0) & (magnitude < fmt_normal)).sum() / nonzero
-        if dtype == "float32" and judged_as != "float32":
+        if dtype in ("float32", "bfloat16") and judged_as != dtype:
             target = torch.float16 if judged_as == "float16" else torch.bfloat16
             stored = magnitude.to(target).float()
             distortion = ((stored - magnitude).abs() / magnitude.clamp_min(1e-30)).mean()
@@ -765,6 +766,24 @@ def validate_options(**options: Any) -> None:
         raise ValueError(f"sigma must be a finite number above 0, got {sigma!r}")
     if options.get("precision") not in (None, "fp16", "bf16"):
         raise ValueError(f"precision must be 'fp16', 'bf16' or None, got {options['precision']!r}")
+
+
+#: modules whose output is worth its statistics though they have children: attention, where float16
+#: overflows most (nn.MultiheadAttention computes its output without calling its out_proj's forward)
+_ATTENTION_MODULES = (nn.MultiheadAttention,)
+#: modules that cannot change magnitudes: their statistics would repeat their input's
+_MAGNITUDE_KEEPING = (nn.Dropout, nn.Identity, nn.Flatten, nn.Unflatten)
+
+
+def _watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose outputs are sampled: leaves and attention modules, in registration order."""
+    watched = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, _MAGNITUDE_KEEPING):
+            continue
+        if isinstance(module, _ATTENTION_MODULES) or not any(True for _ in module.children()):
+            watched.append((name, module))
+    return watched
 
 
 def _norms(grads: list[torch.Tensor]) -> torch.Tensor:

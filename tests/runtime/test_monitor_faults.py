@@ -193,3 +193,54 @@ def test_a_writer_that_fails_is_dropped_alone_and_detection_goes_on(caplog):
     assert summary.disabled_reason is None and monitor.writer is None
     assert caplog.text.count("the writer failed at step 3 (OSError: No space left on device)") == 1
     assert [(a.step, a.metric) for a in summary.alerts] == [(20, "non-finite loss (NaN/Inf)")]
+
+
+# ------------------------------------------------------------------------------------- a small transformer
+def small_transformer() -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
+    return nn.Sequential(nn.Embedding(64, 32), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                         nn.Linear(32, 64))
+
+
+def transformer_run(dtype=None, *, steps=STEPS, attention_boost_at=None, **options):
+    model = small_transformer()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=50, enabled=dtype == torch.float16)
+    state = {"step": -1}
+
+    def boost(module, inputs, output):  # the fault: one step's attention output pushed past 65504
+        if state["step"] == attention_boost_at:
+            return (output[0] * 1e5, *output[1:])
+        return None
+
+    model[1].layers[1].self_attn.register_forward_hook(boost)
+    monitor = TrainingMonitor(model, warmup_steps=50, alert_window=25, **options)
+    generator = torch.Generator().manual_seed(2)
+    for step in range(steps):
+        state["step"] = step
+        tokens = torch.randint(0, 64, (8, 16), generator=generator)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.roll(1, 1).flatten())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        monitor.step(loss)
+    return monitor
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+def test_a_small_transformer_trains_500_clean_steps_without_an_alert(dtype):
+    summary = transformer_run(dtype).summary()
+    assert summary.alerts == [] and summary.disabled_reason is None
+
+
+def test_attention_outputs_are_watched_and_an_overflow_there_is_named():
+    """nn.MultiheadAttention computes its output without calling its out_proj's forward: it is watched
+    itself. precision="fp16" asks of a float32 run whether the values would survive float16."""
+    monitor = transformer_run(None, steps=120, attention_boost_at=100, sample_every=1, precision="fp16")
+    watched = monitor.layers_with_activations()
+    assert "1.layers.0.self_attn" in watched and not any(name.endswith("dropout") for name in watched)
+    overflow = [a for a in monitor.summary().alerts if a.metric.startswith("activation overflow")]
+    assert [(a.step, a.layer) for a in overflow] == [(100, "1.layers.1.self_attn")]
