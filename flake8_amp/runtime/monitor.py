@@ -149,15 +149,19 @@ class _Baseline:
         return median, max(1.4826 * mad, floor, 1e-12)
 
     def judge(self, value: float, sigma: float) -> float | None:
-        """The deviation in robust sigmas if ``value`` is anomalously high, else None (and learn it).
+        """The deviation in robust sigmas if ``value`` is anomalous, else None (and learn it).
 
-        High means: more than ``sigma`` robust deviations above the median, or more than twice (a gradient
-        norm: four times) the highest value seen so far; either way by more than the metric's absolute
-        floor. Only rises are judged: a falling loss or gradient norm is training, not trouble.
+        Anomalous means high: more than ``sigma`` robust deviations above the median, or more than twice (a
+        gradient norm: four times) the highest value seen so far; either way by more than the metric's
+        absolute floor. A loss is judged one-sided: falling is training. A gradient norm is judged on both
+        sides: ``sigma`` deviations below the median on its log scale is gradients vanishing (underflow to
+        zero after a collapsed loss scale), not learning, which lowers them by degrees.
         """
         if len(self.values) >= 8:
             median, scale = self.center()
             deviation = (self._scaled(value) - median) / scale
+            if self.log and deviation < -sigma:
+                return deviation
             linear_median = math.exp(median) if self.log else median
             beyond_sigma = deviation > sigma and value - linear_median > self.floor
             beyond_range = self.high > 0 and value > self.range_factor * self.high and value - self.high > self.floor
@@ -626,8 +630,11 @@ class TrainingMonitor:
                 baseline.judge(value, math.inf)
                 continue
             deviation = baseline.judge(value, self.sigma)
-            if deviation is not None and self._may_alert((metric, layer, rank), step):
-                alerts.append(Alert(step, metric, value, baseline.describe(), layer, rank, deviation))
+            if deviation is None:
+                continue
+            named = metric if deviation > 0 else f"{metric} fell (gradients vanishing)"
+            if self._may_alert((named, layer, rank), step):
+                alerts.append(Alert(step, named, value, baseline.describe(), layer, rank, deviation))
         self.history.append(record)
         if self.writer is not None and rank in (None, 0):
             self._write(record, step)

@@ -244,3 +244,15 @@ def test_attention_outputs_are_watched_and_an_overflow_there_is_named():
     assert "1.layers.0.self_attn" in watched and not any(name.endswith("dropout") for name in watched)
     overflow = [a for a in monitor.summary().alerts if a.metric.startswith("activation overflow")]
     assert [(a.step, a.layer) for a in overflow] == [(100, "1.layers.1.self_attn")]
+
+
+def test_gradients_that_vanish_to_zero_alert_at_the_step_they_do():
+    """A loss weighted 1e-20 (a mis-scaled auxiliary loss): under float16 its gradients underflow to zero.
+    A falling loss is training; gradient norms falling by orders of magnitude at once are not."""
+    faults = {step: 1e-20 for step in range(300, 360)}
+    monitor, _ = readme_run(torch.float16, faults=faults, growth_interval=2000, steps=360)
+    fell = [a for a in monitor.summary().alerts if "fell" in a.metric]
+    # at once, then once per alert window while it lasts (they are never learned as the new normal)
+    assert fell and {a.step for a in fell} == {300, 325, 350}
+    assert {a.metric for a in fell} == {"grad_norm fell (gradients vanishing)"}
+    assert all(a.value == 0 for a in fell)
