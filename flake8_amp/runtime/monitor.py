@@ -227,36 +227,13 @@ class TrainingMonitor:
         self.disabled_reason: str | None = None
         self._loss_ok = True
 
-        self._params: list[torch.Tensor] = []
-        layer_of_param: list[int] = []
-        self.layers: list[str] = []
-        for name, parameter in model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            layer = name.rsplit(".", 1)[0] if "." in name else name
-            if not self.layers or self.layers[-1] != layer:
-                if layer not in self.layers:
-                    self.layers.append(layer)
-            self._params.append(parameter)
-            layer_of_param.append(self.layers.index(layer))
-        device = self._params[0].device if self._params else torch.device("cpu")
-        self.device = device
-        self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
-        n_layers = len(self.layers)
-        # Ring buffer, one row per step: loss, whether a loss was given, grad_norm, scale, then one gradient
-        # norm per layer (MISSING where there was no gradient to read).
-        self._columns = _LAYERS + n_layers
-        self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32, device=device)
         self._buffer_steps: list[int] = []
         self._lr: list[float] = []
         self._pending_grads: torch.Tensor | None = None
-
-        # Activation sampling: hooks on leaf modules, attached only for sampled steps.
-        self._act_modules = _watched_modules(model)
-        self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 4): amax, headroom, underflow, distortion
-        self._act_finite: dict[int, torch.Tensor] = {}
+        self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 5): amax, headroom, underflow, distortion, finite
         self._hooks: list[Any] = []
         self._current_act: list[torch.Tensor | None] = []
+        self._index_parameters()
 
         # keyed by (metric, layer, rank): ranks keep their own baselines under torch.distributed
         self._baselines: dict[tuple[str, str | None, int | None], _Baseline] = {}
@@ -267,7 +244,6 @@ class TrainingMonitor:
         self._previous_scale: float | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_STEPS)
         self._worst: dict[tuple[str, str], float] = {}
-        self._parameter_ids = {id(p) for p in self._params}
         self._consecutive_skips = 0
         self._highest_scale = 0.0
         self._scale_trajectory: deque[float] = deque(maxlen=CONSECUTIVE_SKIPS + 1)
@@ -276,7 +252,37 @@ class TrainingMonitor:
         self._optimizer_hook = register_optimizer_step_pre_hook(
             self._guarded(self._capture_gradients)
         )
+        self._baseline_announced = False
+        _make_visible()
         self._attach_hooks()  # step 0 is sampled when the monitor exists before its forward pass
+
+    def _index_parameters(self) -> None:
+        """Which parameters are watched, in which layer; the ring buffer sized for them; the modules whose
+        outputs are sampled. Run again when the model's parameters change (see :meth:`_flush`)."""
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        layer_of_param: list[int] = []
+        self.layers: list[str] = []
+        for name, parameter in self.model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = name.rsplit(".", 1)[0] if "." in name else name
+            if layer not in self.layers:
+                self.layers.append(layer)
+            layer_of_param.append(self.layers.index(layer))
+        self._parameter_key = [id(p) for p in self._params]
+        self._parameter_ids = set(self._parameter_key)
+        device = self._params[0].device if self._params else torch.device("cpu")
+        self.device = device
+        self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
+        # Ring buffer, one row per step: loss, whether a loss was given, grad_norm, scale, then one gradient
+        # norm per layer (MISSING where there was no gradient to read).
+        self._columns = _LAYERS + len(self.layers)
+        self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32, device=device)
+        # Activation sampling: hooks on leaf and attention modules, attached only for sampled steps.
+        self._act_modules = _watched_modules(self.model)
+
+    def _parameters_changed(self) -> bool:
+        return [id(p) for p in self.model.parameters() if p.requires_grad] != self._parameter_key
 
     # ------------------------------------------------------------------ public API
     def step(self, loss: Any = None) -> None:
@@ -550,6 +556,9 @@ class TrainingMonitor:
                 self._judge_step(step, row, lrs[i], act_rows.get(step), rank if len(gathered) > 1 else None)
         if rank_zero:
             self._log_status(steps[-1])
+        # parameters added or replaced since (a new head, a re-initialised layer): watched from now on
+        if self._parameters_changed() and not self._hooks:
+            self._index_parameters()
 
     def _judge_step(self, step: int, row: list[float], lr: float, acts: list[list[float]] | None, rank: int | None) -> None:
         loss, loss_seen, scale = row[_LOSS], row[_LOSS_SEEN] == 1.0, row[_SCALE]
@@ -675,6 +684,12 @@ class TrainingMonitor:
         status = "ALERT" if recent_alerts else ("warm-up" if step < self.warmup_steps else "OK")
         grad = last.get("grad_norm", math.nan)
         described = baseline.describe() if baseline and len(baseline.values) >= 8 else "learning"
+        if not self._baseline_announced and step >= self.warmup_steps - 1 and baseline and len(baseline.values) >= 8:
+            self._baseline_announced = True
+            loss_baseline = self._baselines.get(("loss", None, None)) or self._baselines.get(("loss", None, 0))
+            loss = loss_baseline.describe() if loss_baseline and len(loss_baseline.values) >= 8 else "n/a"
+            logger.info("[Monitor] Baseline established after %d steps | grad_norm: %s | loss: %s",
+                        self.warmup_steps, described, loss)
         logger.info("[Monitor] Step %d | grad_norm: %s (baseline: %s) | Status: %s", step, _fmt(grad), described, status)
 
 
@@ -791,6 +806,27 @@ def _watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(module, _ATTENTION_MODULES) or not any(True for _ in module.children()):
             watched.append((name, module))
     return watched
+
+
+class _UntilConfigured(logging.StreamHandler):
+    """Prints the monitor's lines to stderr while the application has not configured logging (as progress
+    bars print without any set-up); once it has (a handler on the root logger), its handlers have them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def _make_visible() -> None:
+    """Status lines and alerts show without configuring logging: when a monitor is made and nothing has
+    configured logging yet, the package logger gets a handler of its own and shows INFO."""
+    if logging.getLogger().handlers or any(isinstance(h, _UntilConfigured) for h in logger.handlers):
+        return
+    handler = _UntilConfigured()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def _norms(grads: list[torch.Tensor]) -> torch.Tensor:

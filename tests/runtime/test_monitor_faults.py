@@ -256,3 +256,64 @@ def test_gradients_that_vanish_to_zero_alert_at_the_step_they_do():
     assert fell and {a.step for a in fell} == {300, 325, 350}
     assert {a.metric for a in fell} == {"grad_norm fell (gradients vanishing)"}
     assert all(a.value == 0 for a in fell)
+
+
+def test_parameters_replaced_mid_run_are_watched():
+    """A head swapped in at step 60 (fine-tuning a new task): its gradients are read from the next report."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+    model.add_module("head", nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = TrainingMonitor(model, warmup_steps=10, alert_window=10)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(100):
+        if step == 60:
+            model.head = nn.Linear(16, 4)
+            optimizer.add_param_group({"params": model.head.parameters()})
+        x = torch.randn(8, 16, generator=generator)
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        if step == 90:
+            model.head.weight.grad[0, 0] = math.nan
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+    alerts = monitor.summary().alerts
+    assert [(a.step, a.metric, a.layer) for a in alerts if "non-finite" in a.metric] == [
+        (90, "non-finite gradient (NaN/Inf)", "head")
+    ]
+
+
+VISIBLE_SCRIPT = """
+import logging, sys
+import torch
+from torch import nn
+from flake8_amp.runtime import TrainingMonitor
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.WARNING)
+torch.manual_seed(0)
+model = nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+monitor = TrainingMonitor(model, warmup_steps=10, alert_window=10)
+for step in range(30):
+    loss = model(torch.randn(8, 4)).pow(2).mean() * (float("nan") if step == 25 else 1.0)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    monitor.step(loss)
+"""
+
+
+def test_status_lines_and_alerts_show_without_configuring_logging_and_respect_it_when_configured(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(VISIBLE_SCRIPT)
+    plain = subprocess.run([sys.executable, str(script), "plain"], capture_output=True, text=True, check=True)
+    lines = plain.stderr.splitlines()
+    assert lines[0].startswith("[Monitor] Baseline established after 10 steps | grad_norm: ")
+    assert lines[1].startswith("[Monitor] Step 9 | grad_norm: ") and lines[1].endswith("| Status: warm-up")
+    assert "[ALERT] Step 25 | non-finite loss (NaN/Inf): nan (baseline: finite)" in lines
+    configured = subprocess.run([sys.executable, str(script), "configured"], capture_output=True, text=True, check=True)
+    # the application chose WARNING: the alert shows through its handler, the status lines do not
+    assert "[Monitor]" not in configured.stderr and "WARNING:flake8_amp.runtime:[ALERT] Step 25" in configured.stderr
