@@ -69,7 +69,8 @@ class Alert:
         where = f"Layer '{self.layer}' " if self.layer else ""
         rank = f" | rank {self.rank}" if self.rank is not None else ""
         deviation = f" | Deviation: {self.deviation:.0f}σ" if self.deviation is not None and math.isfinite(self.deviation) else ""
-        return f"[ALERT] Step {self.step}{rank} | {where}{self.metric}: {_fmt(self.value)} (baseline: {self.baseline}){deviation}"
+        value = _fmt(self.value) if math.isfinite(self.value) else str(self.value)  # a NaN here was measured
+        return f"[ALERT] Step {self.step}{rank} | {where}{self.metric}: {value} (baseline: {self.baseline}){deviation}"
 
 
 @dataclass
