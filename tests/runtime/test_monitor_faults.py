@@ -317,3 +317,51 @@ def test_status_lines_and_alerts_show_without_configuring_logging_and_respect_it
     configured = subprocess.run([sys.executable, str(script), "configured"], capture_output=True, text=True, check=True)
     # the application chose WARNING: the alert shows through its handler, the status lines do not
     assert "[Monitor]" not in configured.stderr and "WARNING:flake8_amp.runtime:[ALERT] Step 25" in configured.stderr
+
+
+def test_a_nan_input_batch_is_named_at_the_first_layer_it_reaches():
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TrainingMonitor(model, warmup_steps=20, alert_window=20, sample_every=1)
+    for step, (x, y) in enumerate(data(60)):
+        if step == 45:
+            x = x.clone()
+            x[0, 0, 0, 0] = math.nan  # one corrupt pixel
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step() if step != 45 else None  # the run would stop here; keep the weights sane
+        optimizer.zero_grad()
+        monitor.step(loss)
+    alerts = [a for a in monitor.summary().alerts if "non-finite" in a.metric]
+    assert [(a.step, a.metric, a.layer) for a in alerts] == [(45, "non-finite activation (NaN/Inf)", "0")]
+
+
+def test_a_learning_rate_spike_alerts_on_the_step_after_it():
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TrainingMonitor(model, warmup_steps=50, alert_window=25)
+    for step, (x, y) in enumerate(data(150)):
+        for group in optimizer.param_groups:
+            group["lr"] = 50.0 if step == 120 else 0.05  # a scheduler bug: one step at 1000x
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+    first = min(a.step for a in monitor.summary().alerts)
+    assert first == 121  # the step the spiked update hit: loss and gradients jump there
+
+
+def test_a_loss_scale_that_collapses_by_single_skips_alerts():
+    """Every other step overflows: never three skips in a row, but the scale halves and halves."""
+    faults = {step: math.inf for step in range(200, 240, 2)}
+    monitor, _ = readme_run(torch.float16, faults=faults, growth_interval=2000, steps=260)
+    collapsed = [a for a in monitor.summary().alerts if a.metric.startswith("loss scale collapsed")]
+    scales = [(r["step"], r["scale"]) for r in list(monitor.history)[1:]]
+    highest, expected = 0.0, None
+    for step, scale in scales:  # the first step whose scale is 1024x below the highest before it
+        highest = max(highest, scale)
+        if expected is None and scale * 1024 <= highest:
+            expected = step
+    assert 200 <= expected < 240 and collapsed[0].step == expected
+    assert not [a for a in monitor.summary().alerts if "in a row" in a.metric]
