@@ -109,7 +109,7 @@ class MonitorSummary:
 # The smallest rise worth an alert, per metric, whatever the baseline's spread: an activation whose
 # underflow ratio goes from 0 to 1 element in 1024, or whose headroom goes from 1e-5 to 2e-5 of the
 # format's max, is noise, not trouble.
-_ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05}
+_ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05, "distortion": 0.01}
 _RELATIVE_FLOOR = 0.05
 # Gradient norms swing multiplicatively in healthy training: a noisy layer's norm can reach 5-7x its
 # median within a few hundred clean steps, a quiet layer's hardly 2x. They are judged on a log scale, so
@@ -323,7 +323,8 @@ class TrainingMonitor:
         return path
 
     def plot(self, path: str | Path) -> Path:
-        """A PNG of loss, gradient norm, loss scale and per-layer underflow over the recorded steps."""
+        """A PNG of loss, gradient norm, loss scale (skipped steps marked), and per-layer activation headroom
+        and underflow over the recorded steps; alerts as red lines; log axes where values span decades."""
         try:
             import matplotlib
 
@@ -334,22 +335,39 @@ class TrainingMonitor:
         self._guarded(self._flush)()
         records = list(self.history)
         steps = [r["step"] for r in records]
-        figure, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+        figure, axes = plt.subplots(5, 1, figsize=(9, 12), sharex=True)
         for axis, key, title in zip(axes[:3], ("loss", "grad_norm", "scale"), ("loss", "gradient norm", "loss scale")):
-            axis.plot(steps, [r.get(key, math.nan) for r in records])
+            values = [r.get(key, math.nan) for r in records]
+            axis.plot(steps, values)
             axis.set_title(title)
             axis.grid(alpha=0.3)
+            finite = [v for v in values if math.isfinite(v)]
+            positive = [v for v in finite if v > 0]
+            spans_decades = bool(positive) and len(positive) == len(finite) and max(positive) / min(positive) > 100
+            if positive and (key != "loss" or spans_decades):
+                axis.set_yscale("log")  # one spike must not flatten the rest
+        skipped = [r["step"] for r in records if r.get("skipped")]
+        if skipped:
+            axes[2].scatter(skipped, [r["scale"] for r in records if r.get("skipped")], color="orange", marker="v",
+                            label="skipped step", zorder=3)
+            axes[2].legend(fontsize="small")
         for alert in self.alerts:
             for axis in axes:
                 axis.axvline(alert.step, color="red", alpha=0.3)
         sampled = [r for r in records if "underflow" in r]
-        for layer in self.layers_with_activations():
-            axes[3].plot([r["step"] for r in sampled], [r["underflow"].get(layer, math.nan) for r in sampled], label=layer)
-        axes[3].set_title("activation underflow ratio per layer (sampled steps)")
-        axes[3].set_xlabel("step")
-        axes[3].grid(alpha=0.3)
+        for axis, key, title in ((axes[3], "headroom", "activation headroom per layer (max |x| / format max)"),
+                                 (axes[4], "underflow", "activation underflow ratio per layer (sampled steps)")):
+            for layer in self.layers_with_activations():
+                axis.plot([r["step"] for r in sampled], [r.get(key, {}).get(layer, math.nan) for r in sampled],
+                          label=layer)
+            axis.set_title(title)
+            axis.grid(alpha=0.3)
+        axes[3].axhline(1.0, color="red", linestyle="--", alpha=0.5)
+        if any(r.get("headroom") for r in sampled):
+            axes[3].set_yscale("log")
+        axes[4].set_xlabel("step")
         if sampled and len(self._act_modules) <= 12:
-            axes[3].legend(fontsize="small")
+            axes[4].legend(fontsize="small")
         figure.tight_layout()
         path = Path(path)
         figure.savefig(path, dpi=100)
@@ -597,11 +615,12 @@ class TrainingMonitor:
         # NaN / Inf: at once, warm-up or not, naming the first layer where they appeared.
         first_bad_activation = None
         if acts is not None:
-            record["underflow"] = {}
+            record["underflow"], record["headroom"], record["distortion"] = {}, {}, {}
             for (name, _), stats in zip(self._act_modules, acts):
                 amax, headroom, underflow, distortion, finite = stats
-                if not math.isnan(underflow):
-                    record["underflow"][name] = underflow
+                for key, value in (("underflow", underflow), ("headroom", headroom), ("distortion", distortion)):
+                    if not math.isnan(value):
+                        record[key][name] = value
                 if finite == 0 and first_bad_activation is None:
                     first_bad_activation = name
         # Non-finite gradients on a step the GradScaler skipped are what the scaler is for: the skip is the
@@ -627,9 +646,11 @@ class TrainingMonitor:
         judged += [("grad_norm", layer, v) for layer, v in zip(self.layers, layer_norms)]
         if acts is not None:
             for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
-                judged += [("activation_headroom", name, headroom), ("underflow_ratio", name, underflow)]
+                judged += [("activation_headroom", name, headroom), ("underflow_ratio", name, underflow),
+                           ("distortion", name, distortion)]
                 self._track_worst(name, "activation_headroom", headroom)
                 self._track_worst(name, "underflow_ratio", underflow)
+                self._track_worst(name, "distortion", distortion)
         for metric, layer, value in judged:
             if math.isnan(value) or not math.isfinite(value):
                 continue
@@ -647,20 +668,30 @@ class TrainingMonitor:
                 alerts.append(Alert(step, named, value, baseline.describe(), layer, rank, deviation))
         self.history.append(record)
         if self.writer is not None and rank in (None, 0):
-            self._write(record, step)
+            self._write(record, step, layer_norms, alerts)
         for alert in alerts:
             self.alerts.append(alert)
             self._alert_count += 1
             if not _distributed() or torch.distributed.get_rank() == 0:
                 logger.warning("%s", alert.message())
 
-    def _write(self, record: dict[str, Any], step: int) -> None:
+    def _write(self, record: dict[str, Any], step: int, layer_norms: list[float], alerts: list[Alert]) -> None:
         """The writer is a side channel: if it fails (a full disk, a closed writer), it alone is dropped,
         said once, and detection goes on."""
         try:
             for key in ("loss", "grad_norm", "scale", "lr"):
                 if not math.isnan(record[key]):
                     self.writer.add_scalar(f"amp/{key}", record[key], step)
+            if record.get("skipped"):
+                self.writer.add_scalar("amp/skipped_step", 1.0, step)
+            for layer, value in zip(self.layers, layer_norms):
+                if not math.isnan(value):
+                    self.writer.add_scalar(f"amp/grad_norm/{layer}", value, step)
+            for key in ("underflow", "headroom", "distortion"):
+                for layer, value in record.get(key, {}).items():
+                    self.writer.add_scalar(f"amp/{key}/{layer}", value, step)
+            if alerts and hasattr(self.writer, "add_text"):
+                self.writer.add_text("amp/alerts", "\n\n".join(alert.message() for alert in alerts), step)
         except Exception as exc:  # noqa: BLE001 - the writer's failure is not the monitor's
             self.writer = None
             logger.error("flake8-amp monitor: the writer failed at step %d (%s: %s); it is no longer written to, "

@@ -365,3 +365,34 @@ def test_a_loss_scale_that_collapses_by_single_skips_alerts():
             expected = step
     assert 200 <= expected < 240 and collapsed[0].step == expected
     assert not [a for a in monitor.summary().alerts if "in a row" in a.metric]
+
+
+def test_the_writer_gets_each_layer_and_the_alerts_and_distortion_is_kept(tmp_path):
+    class Writer:
+        def __init__(self):
+            self.scalars, self.texts = {}, []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.setdefault(tag, []).append(step)
+
+        def add_text(self, tag, text, step):
+            self.texts.append((tag, step, text))
+
+    writer = Writer()
+    monitor = TrainingMonitor(small_cnn(), warmup_steps=10, alert_window=10, sample_every=5, precision="fp16",
+                              writer=writer)
+    optimizer = torch.optim.SGD(monitor.model.parameters(), lr=0.05)
+    for step, (x, y) in enumerate(data(40)):
+        loss = nn.functional.cross_entropy(monitor.model(x), y) * (math.nan if step == 30 else 1.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+    monitor.summary()
+    assert {"amp/grad_norm/0", "amp/grad_norm/3", "amp/headroom/0", "amp/underflow/3", "amp/distortion/0"} <= set(
+        writer.scalars)
+    assert [(tag, step) for tag, step, _ in writer.texts] == [("amp/alerts", 30)]
+    sampled = [r for r in monitor.history if "distortion" in r]
+    assert sampled and all(0 <= v < 1e-3 for r in sampled[:5] for v in r["distortion"].values())
+    pytest.importorskip("matplotlib")
+    assert monitor.plot(tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
