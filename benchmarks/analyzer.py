@@ -7,6 +7,10 @@ ratios. Memory: a background thread samples this process's resident set size (/p
 millisecond; "extra" is the peak minus the resident size just before the call, so it counts torch's CPU
 allocations made by the call (tracemalloc cannot see them). Goal: at most 10x the time and 2 extra copies
 of the tensor's memory.
+
+Then two shapes that cost whole copies before (``--shapes``, on by default): a ``(2, 20M)`` tensor, whose
+last axis used to become five Python lists of 20M floats, and a transposed ``(10000, 10000)`` view, which
+used to be copied whole; for each, analyze_tensor's time and peak extra memory in copies of the tensor.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main() -> int:
     parser.add_argument("--numel", type=int, default=100_000_000)
     parser.add_argument("--columns", type=int, default=4, help="last-axis size (per-dimension statistics)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-shapes", dest="shapes", action="store_false", help="skip the two shape checks")
     args = parser.parse_args()
     torch.manual_seed(0)
     tensor = torch.randn(args.numel // args.columns, args.columns)
@@ -78,6 +83,16 @@ def main() -> int:
         f"extra memory: {ana_mem / size:.2f} copies of the tensor (goal <= 2); "
         f"amax pass: {ref_mem / size:.2f} copies"
     )
+    if args.shapes:
+        del tensor
+        for label, make in (("(2, 20M)", lambda: torch.randn(2, 20_000_000)),
+                            ("(10000, 10000) transposed", lambda: torch.randn(10_000, 10_000).t())):
+            shaped = make()
+            size = shaped.numel() * shaped.element_size()
+            seconds, extra = measure(lambda: analyze_tensor(shaped))
+            print(f"{label:28s} {size / 2**20:6.0f} MiB: {seconds:6.2f} s, peak extra memory "
+                  f"{extra / 2**20:7.1f} MiB = {extra / size:.2f} copies (goal <= 2)")
+            del shaped
     return 0
 
 

@@ -38,9 +38,15 @@ class FormatStats:
     max_relative_error: float
 
 
+#: per-index statistics are listed for an axis up to this long; a longer one keeps its summary only
+#: (widest, narrowest, their ratio), so that a (2, 20M) tensor does not become five 20M-float lists
+MAX_LISTED_INDICES = 65536
+
+
 @dataclass
 class DimensionStats:
-    """Per-index statistics along the last axis."""
+    """Per-index statistics along one axis (``axis``; the last by default). The lists are empty for an
+    axis longer than MAX_LISTED_INDICES; widest, narrowest and their ranges are always there."""
 
     min: list[float]
     max: list[float]
@@ -49,6 +55,9 @@ class DimensionStats:
     widest: int
     narrowest: int
     range_ratio: float
+    axis: int = -1
+    widest_range: float = 0.0
+    narrowest_range: float = 0.0
 
 
 @dataclass
@@ -71,6 +80,27 @@ class TensorReport:
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
+
+    #: the names a report's values go by in the P1 requirements' seed code
+    _SEED_KEYS = ("risk_level", "dim_stats", "dim_ratio", "suggestion")
+
+    def __getitem__(self, key: str) -> Any:
+        """``report["risk_level"]``, ``report["dim_stats"]`` ({index: {min, max, mean}}), ``report["dim_ratio"]``,
+        ``report["suggestion"]``, as the seed spelled them; any field by its own name too."""
+        if key == "risk_level":
+            return self.risk
+        if key == "suggestion":
+            return " ".join(self.suggestions) if self.suggestions else "no precision risk found"
+        if key == "dim_ratio":
+            return self.dimensions.range_ratio if self.dimensions is not None else 1.0
+        if key == "dim_stats":
+            d = self.dimensions
+            if d is None:
+                return {}
+            return {i: {"min": d.min[i], "max": d.max[i], "mean": d.mean[i]} for i in range(len(d.min))}
+        if key in self.__dataclass_fields__:
+            return getattr(self, key)
+        raise KeyError(f"{key!r}: a report has {', '.join([*self._SEED_KEYS, *self.__dataclass_fields__])}")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -95,9 +125,10 @@ class TensorReport:
             )
         if self.dimensions is not None:
             d = self.dimensions
+            axis = "last axis" if d.axis in (-1, len(self.shape) - 1) else f"axis {d.axis}"
             lines.append(
-                f"  last axis: {len(d.range)} dimensions; widest {d.widest} (range {_num(d.range[d.widest])}), "
-                f"narrowest {d.narrowest} (range {_num(d.range[d.narrowest])}), ratio {_num(d.range_ratio)}x"
+                f"  {axis}: {self.shape[d.axis]} dimensions; widest {d.widest} (range {_num(d.widest_range)}), "
+                f"narrowest {d.narrowest} (range {_num(d.narrowest_range)}), ratio {_num(d.range_ratio)}x"
             )
         for suggestion in self.suggestions:
             lines.append(f"  -> {suggestion}")
@@ -105,16 +136,25 @@ class TensorReport:
 
 
 def analyze_tensor(
-    tensor: Any, name: str | None = None, formats: Sequence[str | FloatFormat] = ("fp16", "bf16")
+    tensor: Any,
+    name: str | None = None,
+    formats: str | FloatFormat | Sequence[str | FloatFormat] = ("fp16", "bf16"),
+    dim: int = -1,
 ) -> TensorReport:
-    """Report what storing ``tensor`` in each of ``formats`` would do to it.
+    """Report what storing ``tensor`` in each of ``formats`` would do to it, and how its values spread
+    along axis ``dim`` (the last by default).
 
-    Accepts floating-point tensors on any device; numpy arrays and (nested) lists of numbers are
-    converted with ``torch.as_tensor``. Integer, bool and complex tensors are refused with a TypeError
-    naming the cast to make: their values are not floating-point numbers to round.
+    Accepts floating-point tensors on any device, contiguous or not (nothing is copied whole); numpy
+    arrays and (nested) lists of numbers are converted with ``torch.as_tensor``. ``formats`` is one name
+    or a list. Integer, bool and complex tensors are refused with a TypeError naming the cast to make;
+    meta and sparse tensors with one saying why.
     """
     tensor = _as_float_tensor(tensor)
+    if isinstance(formats, (str, FloatFormat)):
+        formats = (formats,)
     fmts = [get_format(f) for f in formats]
+    if tensor.dim() and not -tensor.dim() <= dim < tensor.dim():
+        raise IndexError(f"analyze_tensor(): dim {dim} is out of range for a {tensor.dim()}-d tensor")
     if not fmts:
         raise ValueError("analyze_tensor() needs at least one format")
     report = TensorReport(
@@ -151,8 +191,8 @@ def analyze_tensor(
             mean_relative_error=scalars[f"{fmt.name}:err_sum"] / n if n else 0.0,
             max_relative_error=scalars[f"{fmt.name}:err_max"],
         )
-    if tensor.dim() >= 2 and tensor.shape[-1] >= 2:
-        report.dimensions = _dimension_statistics(tensor.detach(), bool(report.nan_count or report.inf_count))
+    if tensor.dim() >= 2 and tensor.shape[dim] >= 2:
+        report.dimensions = _dimension_statistics(tensor.detach(), bool(report.nan_count or report.inf_count), dim)
     report.risk, report.suggestions = _assess(report, fmts)
     return report
 
@@ -165,6 +205,11 @@ def _as_float_tensor(value: Any) -> torch.Tensor:
             raise TypeError(
                 f"analyze_tensor() needs a tensor (or a numpy array / list of numbers), got {type(value).__name__}"
             ) from exc
+    if value.is_meta:
+        raise TypeError("analyze_tensor() needs values, and a meta tensor has none (only a shape and a dtype)")
+    if value.layout != torch.strided:
+        raise TypeError(f"analyze_tensor() needs a dense tensor, got layout {value.layout}: analyze t.to_dense() "
+                        "(or t.values(), the stored values)")
     if value.is_complex():
         raise TypeError(f"analyze_tensor() needs real floating-point values, got {value.dtype}: analyze .real and .imag")
     if not value.is_floating_point():
@@ -187,7 +232,7 @@ def _global_statistics(tensor: torch.Tensor, fmts: list[FloatFormat]) -> dict[st
     device = tensor.device
     on_cpu = device.type == "cpu"
     work_dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    flat = tensor.reshape(-1)
+    flat = _flat(tensor)
     names = ["nan", "inf", "finite", "nonzero", "sum", "min", "max", "max_abs", "min_nonzero"]
     for fmt in fmts:
         names += [f"{fmt.name}:{k}" for k in ("overflow", "underflow", "subnormal", "err_sum", "err_max", "counted")]
@@ -249,17 +294,26 @@ def _global_statistics(tensor: torch.Tensor, fmts: list[FloatFormat]) -> dict[st
     return dict(zip(names, values))
 
 
-def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool) -> DimensionStats:
-    columns = tensor.shape[-1]
-    rows = tensor.reshape(-1, columns)
-    rows_per_chunk = max(1, _CHUNK // columns)
+def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool, dim: int = -1) -> DimensionStats:
+    """Min, max and mean of each index along ``dim``, reducing over every other axis. Chunked along another
+    axis, each chunk a view: a transposed or otherwise non-contiguous tensor is never copied whole, and the
+    extra memory is one chunk plus a few vectors as long as the axis."""
+    axis = dim % tensor.dim()
+    columns = tensor.shape[axis]
+    if columns > MAX_LISTED_INDICES:
+        return _long_axis_summary(tensor, has_non_finite, axis)
+    others = [d for d in range(tensor.dim()) if d != axis]
+    split = max(others, key=lambda d: tensor.shape[d])  # chunked along the longest other axis
+    per_slice = max(1, tensor.numel() // max(1, tensor.shape[split]))
+    step = max(1, _CHUNK // per_slice)
     work_dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     col_min = torch.full((columns,), math.inf, dtype=work_dtype, device=tensor.device)
     col_max = torch.full((columns,), -math.inf, dtype=work_dtype, device=tensor.device)
     col_sum = torch.zeros(columns, dtype=torch.float64, device=tensor.device)
     col_count = torch.zeros(columns, dtype=torch.float64, device=tensor.device)
-    for start in range(0, rows.shape[0], rows_per_chunk):
-        block = rows[start : start + rows_per_chunk].to(work_dtype)
+    for start in range(0, tensor.shape[split], step):
+        block = tensor.narrow(split, start, min(step, tensor.shape[split] - start)).to(work_dtype)
+        block = block.movedim(axis, -1).reshape(-1, columns)  # at most one chunk is copied, here
         if has_non_finite:
             finite = torch.isfinite(block)
             col_min = torch.minimum(col_min, torch.where(finite, block, math.inf).amin(0))
@@ -273,15 +327,46 @@ def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool) -> Dimensi
             col_sum += block.sum(0, dtype=torch.float64)
             col_count += block.shape[0]
     col_range = (col_max.double() - col_min.double()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    widest = int(col_range.argmax())
+    spanning = col_range > 0
+    narrowest = int(torch.where(spanning, col_range, math.inf).argmin()) if bool(spanning.any()) else widest
+    widest_range, narrowest_range = float(col_range[widest]), float(col_range[narrowest])
+    ratio = widest_range / narrowest_range if narrowest_range > 0 else 1.0
     mins, maxs, sums, counts, ranges = torch.stack(
         [col_min.double(), col_max.double(), col_sum, col_count, col_range]
     ).tolist()
     means = [s / c if c else math.nan for s, c in zip(sums, counts)]
-    widest = max(range(columns), key=lambda i: ranges[i])
-    spanning = [i for i in range(columns) if ranges[i] > 0]
-    narrowest = min(spanning, key=lambda i: ranges[i]) if spanning else widest
-    ratio = ranges[widest] / ranges[narrowest] if ranges[narrowest] > 0 else 1.0
-    return DimensionStats(mins, maxs, means, ranges, widest, narrowest, ratio)
+    return DimensionStats(mins, maxs, means, ranges, widest, narrowest, ratio, axis, widest_range, narrowest_range)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements in one dimension, for statistics that do not care about order: a view when
+    some order of its axes is contiguous (a transpose, a permute), so that it is not copied whole."""
+    if tensor.is_contiguous():
+        return tensor.reshape(-1)
+    order = sorted(range(tensor.dim()), key=lambda d: (-tensor.stride(d), -tensor.shape[d]))
+    permuted = tensor.permute(order)
+    return permuted.reshape(-1) if permuted.is_contiguous() else tensor.reshape(-1)
+
+
+def _long_axis_summary(tensor: torch.Tensor, has_non_finite: bool, axis: int) -> DimensionStats:
+    """The widest and narrowest index of an axis too long to list, a block of MAX_LISTED_INDICES indices at
+    a time (each block a view): memory stays bounded however long the axis is."""
+    widest = narrowest = -1
+    widest_range, narrowest_range = -math.inf, math.inf
+    for start in range(0, tensor.shape[axis], MAX_LISTED_INDICES):
+        block = tensor.narrow(axis, start, min(MAX_LISTED_INDICES, tensor.shape[axis] - start))
+        stats = _dimension_statistics(block, has_non_finite, axis)
+        ranges = torch.tensor(stats.range, dtype=torch.float64)
+        if stats.widest_range > widest_range:
+            widest, widest_range = start + stats.widest, stats.widest_range
+        spanning = ranges > 0
+        if bool(spanning.any()) and stats.narrowest_range < narrowest_range:
+            narrowest, narrowest_range = start + stats.narrowest, stats.narrowest_range
+    if narrowest < 0:
+        narrowest, narrowest_range = widest, widest_range
+    ratio = widest_range / narrowest_range if narrowest_range > 0 else 1.0
+    return DimensionStats([], [], [], [], widest, narrowest, ratio, axis, widest_range, narrowest_range)
 
 
 def _assess(report: TensorReport, fmts: list[FloatFormat]) -> tuple[str, list[str]]:

@@ -21,12 +21,16 @@ class FloatFormat:
     the all-ones mantissa there is NaN, and (as torch casts) values beyond the maximum saturate to it.
     """
 
-    name: str
-    exponent_bits: int
-    mantissa_bits: int
+    # Defaults only so that FloatFormat(exponent_bits=6, mantissa_bits=17) reads as written (the name is then
+    # generated, "e6m17"); the bit counts are checked below, so a format without them is an error.
+    name: str = ""
+    exponent_bits: int = 0
+    mantissa_bits: int = -1
     has_inf: bool = True
 
     def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"e{self.exponent_bits}m{self.mantissa_bits}")
         if not (2 <= self.exponent_bits <= 11) or not (0 <= self.mantissa_bits <= 52):
             raise ValueError(
                 f"format {self.name!r}: exponent_bits must be 2..11 and mantissa_bits 0..52, "

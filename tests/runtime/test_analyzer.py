@@ -151,3 +151,60 @@ def test_formats_and_bits_commands():
         text=True,
     )
     assert no_torch.stdout.strip().endswith("False")
+
+
+# ---------------------------------------------------------------- issue 14: any axis, the seed's spelling, clear errors
+def test_any_axis_and_a_transposed_input_give_the_same_statistics():
+    torch.manual_seed(0)
+    t = torch.randn(300, 7) * torch.logspace(-3, 3, 7)
+    along_columns = analyze_tensor(t)
+    along_rows_of_transpose = analyze_tensor(t.t(), dim=0)  # a non-contiguous view
+    assert along_rows_of_transpose.dimensions.axis == 0
+    for key in ("min", "max", "mean", "range", "widest", "narrowest", "range_ratio"):
+        assert getattr(along_rows_of_transpose.dimensions, key) == pytest.approx(getattr(along_columns.dimensions, key))
+    assert analyze_tensor(t, dim=0).dimensions.range_ratio != along_columns.dimensions.range_ratio
+    assert "axis 0: 300 dimensions" in str(analyze_tensor(t, dim=0))
+    with pytest.raises(IndexError, match="dim 2 is out of range for a 2-d tensor"):
+        analyze_tensor(t, dim=2)
+
+
+def test_a_very_long_axis_keeps_its_summary_not_a_list_per_index():
+    from flake8_amp.runtime.analyzer import MAX_LISTED_INDICES
+
+    t = torch.ones(2, MAX_LISTED_INDICES + 1)
+    t[:, 5] = torch.tensor([0.0, 1e4])
+    dims = analyze_tensor(t).dimensions
+    assert dims.min == dims.max == dims.mean == dims.range == []
+    assert (dims.widest, dims.widest_range) == (5, 1e4)
+
+
+def test_the_seed_spelling_reads_the_report():
+    t = torch.tensor([[1e-3, 5e4], [2e-3, 6e4]])
+    report = analyze_tensor(t, formats="fp16")  # one name
+    assert list(report.formats) == ["fp16"]
+    assert report["risk_level"] == report.risk
+    assert report["dim_stats"] == {0: {"min": pytest.approx(1e-3), "max": pytest.approx(2e-3),
+                                       "mean": pytest.approx(1.5e-3)},
+                                   1: {"min": 5e4, "max": 6e4, "mean": 5.5e4}}
+    assert report["dim_ratio"] == pytest.approx(1e4 / 1e-3)
+    assert report["suggestion"] == " ".join(report.suggestions)
+    assert report["risk"] == report.risk  # a field by its own name too
+    with pytest.raises(KeyError, match="'risks': a report has risk_level, dim_stats, dim_ratio, suggestion, name"):
+        report["risks"]
+
+
+def test_meta_and_sparse_tensors_get_a_clear_error():
+    with pytest.raises(TypeError, match="a meta tensor has none"):
+        analyze_tensor(torch.empty(3, 3, device="meta"))
+    with pytest.raises(TypeError, match="needs a dense tensor, got layout torch.sparse_coo: analyze t.to_dense()"):
+        analyze_tensor(torch.eye(3).to_sparse())
+
+
+def test_a_format_named_by_its_bits_alone():
+    from flake8_amp.runtime import FloatFormat
+
+    fmt = FloatFormat(exponent_bits=6, mantissa_bits=17)
+    assert fmt.name == "e6m17" and fmt.bits == 24
+    assert analyze_tensor(torch.ones(4), formats=fmt).formats["e6m17"].overflow_pct == 0
+    with pytest.raises(ValueError, match="exponent_bits must be 2..11"):
+        FloatFormat(mantissa_bits=3)
