@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .analyzer import json_safe
+from .analyzer import _flat, json_safe
 
 logger = logging.getLogger("flake8_amp.runtime")
 
@@ -51,6 +51,8 @@ _LOSS, _LOSS_SEEN, _GRAD_NORM, _SCALE, _LAYERS = 0, 1, 2, 3, 4
 MISSING = -1.0
 #: skipped GradScaler steps in a row that alert (one is a growth probe: the scale doubled, overflowed once)
 CONSECUTIVE_SKIPS = 3
+#: elements per pass of the activation statistics: bounds their temporaries (4 MiB of float32)
+_ACTIVATION_CHUNK = 1 << 20
 #: a loss scale this many times below the highest it reached has collapsed
 SCALE_COLLAPSE = 2.0**10
 
@@ -523,18 +525,37 @@ class TrainingMonitor:
         # precision="fp16" asks of a float32 or bfloat16 run: would these values survive float16?
         judged_as = _PRECISION_DTYPES.get(self.precision or "", dtype) if dtype in ("float32", "bfloat16") else dtype
         fmt_max, fmt_normal = _FORMAT_LIMITS.get(judged_as, _FORMAT_LIMITS["float32"])
-        magnitude = x.abs().float()
-        finite = torch.isfinite(magnitude).all()
-        magnitude = torch.where(torch.isfinite(magnitude), magnitude, 0.0)
-        amax = magnitude.max()
-        nonzero = (magnitude > 0).sum().clamp_min(1)
-        underflow = ((magnitude > 0) & (magnitude < fmt_normal)).sum() / nonzero
+        # One pass per statistic over chunks of the flattened tensor (a view where the tensor allows one):
+        # temporaries stay at one chunk whatever the activation's size. max |x| propagates a NaN and an
+        # Inf, so it also says whether every value is finite.
+        flat = _flat(x)
+        device = x.device
+        amax = torch.zeros((), dtype=torch.float32, device=device)
+        nonzero = torch.zeros((), dtype=torch.int64, device=device)
+        small = torch.zeros((), dtype=torch.int64, device=device)
+        distortion_sum = torch.zeros((), dtype=torch.float64, device=device)
+        target = None
         if dtype in ("float32", "bfloat16") and judged_as != dtype:
             target = torch.float16 if judged_as == "float16" else torch.bfloat16
-            stored = magnitude.to(target).float()
-            distortion = ((stored - magnitude).abs() / magnitude.clamp_min(1e-30)).mean()
+        wide_input = x.dtype == torch.float64  # torch refuses to narrow inside the norm
+        for start in range(0, flat.numel(), _ACTIVATION_CHUNK):
+            chunk = flat[start : start + _ACTIVATION_CHUNK]
+            largest = torch.linalg.vector_norm(chunk, ord=math.inf, dtype=None if wide_input else torch.float32)
+            amax = torch.maximum(amax, largest.float())
+            nonzero += torch.count_nonzero(chunk)
+            magnitude = chunk.abs()
+            small += torch.count_nonzero(magnitude < fmt_normal)  # zeros and subnormals (a NaN is neither)
+            if target is not None:
+                wide = magnitude.float()
+                error = (wide.to(target).float() - wide).abs() / wide.clamp_min(1e-30)
+                distortion_sum += error.sum(dtype=torch.float64)
+        finite = torch.isfinite(amax)
+        zeros = flat.numel() - nonzero
+        underflow = (small - zeros).clamp_min(0) / nonzero.clamp_min(1)
+        if target is not None:
+            distortion = (distortion_sum / max(1, flat.numel())).float()
         else:
-            distortion = torch.tensor(math.nan, device=x.device)
+            distortion = torch.tensor(math.nan, device=device)
         return torch.stack([amax, amax / fmt_max, underflow.float(), distortion.float(), finite.float()])
 
     def _finish_sample(self) -> None:
