@@ -111,7 +111,8 @@ class MonitorSummary:
 # The smallest rise worth an alert, per metric, whatever the baseline's spread: an activation whose
 # underflow ratio goes from 0 to 1 element in 1024, or whose headroom goes from 1e-5 to 2e-5 of the
 # format's max, is noise, not trouble.
-_ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05, "distortion": 0.01}
+_ABSOLUTE_FLOOR = {"underflow_ratio": 0.01, "activation_headroom": 0.05, "distortion": 0.01,
+                   "gradient_zero_fraction": 0.25}
 _RELATIVE_FLOOR = 0.05
 # Gradient norms swing multiplicatively in healthy training: a noisy layer's norm can reach 5-7x its
 # median within a few hundred clean steps, a quiet layer's hardly 2x. They are judged on a log scale, so
@@ -234,6 +235,8 @@ class TrainingMonitor:
         self._lr: list[float] = []
         self._pending_grads: torch.Tensor | None = None
         self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 5): amax, headroom, underflow, distortion, finite
+        self._pending_zeros: torch.Tensor | None = None
+        self._grad_zeros: dict[int, torch.Tensor] = {}  # sampled step -> per layer, the fraction of gradient zeros
         self._hooks: list[Any] = []
         self._current_act: list[torch.Tensor | None] = []
         self._index_parameters()
@@ -422,6 +425,22 @@ class TrainingMonitor:
         if self.scaler is None:
             self.scaler = _driving_scaler()
         self._pending_grads = self._gradient_norms()
+        if self._hooks:  # a sampled step: also the fraction of each layer's gradient that is exactly zero
+            self._pending_zeros = self._gradient_zeros()
+
+    def _gradient_zeros(self) -> torch.Tensor:
+        """Per layer, the fraction of its gradient elements that are exactly 0 (NaN where it has none): a
+        gradient underflowing in float16 becomes zeros before its norm says so."""
+        zeros = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
+        sizes = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
+        present = [(i, p.grad) for i, p in enumerate(self._params) if p.grad is not None]
+        if present:
+            index = self._layer_index[torch.tensor([i for i, _ in present], device=self.device)]
+            counts = torch.stack([torch.count_nonzero(g) for _, g in present]).float()
+            numels = torch.tensor([float(g.numel()) for _, g in present], device=self.device)
+            zeros.index_add_(0, index, numels - counts)
+            sizes.index_add_(0, index, numels)
+        return torch.where(sizes > 0, zeros / sizes.clamp_min(1), math.nan)
 
     def _gradient_norms(self) -> torch.Tensor | None:
         """Per layer, the norm of its gradients; MISSING for a layer none of whose parameters has one."""
@@ -565,6 +584,11 @@ class TrainingMonitor:
         device = self.device
         rows = [s if s is not None else torch.full((5,), math.nan, device=device) for s in self._current_act]
         self._act_stats[self.steps] = torch.stack([r.to(device) for r in rows])
+        zeros = self._pending_zeros
+        self._pending_zeros = None
+        if zeros is None:
+            zeros = torch.full((len(self.layers),), math.nan, device=device)
+        self._grad_zeros[self.steps] = zeros
         self._current_act = []
 
     # ------------------------------------------------------------------ report steps (host side)
@@ -576,31 +600,37 @@ class TrainingMonitor:
         sampled = sorted(self._act_stats)
         payload = self._buffer[:count].reshape(-1)
         if sampled:
-            payload = torch.cat([payload, torch.stack([self._act_stats[s] for s in sampled]).reshape(-1).to(payload.device)])
+            per_step = [torch.cat([self._act_stats[s].reshape(-1), self._grad_zeros[s]]) for s in sampled]
+            payload = torch.cat([payload, torch.stack(per_step).reshape(-1).to(payload.device)])
         gathered = _gather(payload)  # one transfer (per rank under torch.distributed)
         self._buffer_steps.clear()
         self._lr.clear()
         self._act_stats.clear()
+        self._grad_zeros.clear()
         self._buffer.fill_(math.nan)
         rank_zero = not _distributed() or torch.distributed.get_rank() == 0
         for rank, values in enumerate(gathered):
             grid = values[: count * self._columns]
             acts = values[count * self._columns :]
-            act_rows = {}
-            width = len(self._act_modules) * 5
+            act_rows, zero_rows = {}, {}
+            modules = len(self._act_modules) * 5
+            width = modules + len(self.layers)
             for i, s in enumerate(sampled):
                 chunk = acts[i * width : (i + 1) * width]
                 act_rows[s] = [chunk[j * 5 : (j + 1) * 5] for j in range(len(self._act_modules))]
+                zero_rows[s] = chunk[modules:]
             for i, step in enumerate(steps):
                 row = grid[i * self._columns : (i + 1) * self._columns]
-                self._judge_step(step, row, lrs[i], act_rows.get(step), rank if len(gathered) > 1 else None)
+                self._judge_step(step, row, lrs[i], act_rows.get(step), rank if len(gathered) > 1 else None,
+                                 zero_rows.get(step))
         if rank_zero:
             self._log_status(steps[-1])
         # parameters added or replaced since (a new head, a re-initialised layer): watched from now on
         if self._parameters_changed() and not self._hooks:
             self._index_parameters()
 
-    def _judge_step(self, step: int, row: list[float], lr: float, acts: list[list[float]] | None, rank: int | None) -> None:
+    def _judge_step(self, step: int, row: list[float], lr: float, acts: list[list[float]] | None, rank: int | None,
+                    zero_fractions: list[float] | None = None) -> None:
         loss, loss_seen, scale = row[_LOSS], row[_LOSS_SEEN] == 1.0, row[_SCALE]
         grad_norm = math.nan if row[_GRAD_NORM] == MISSING else row[_GRAD_NORM]
         # a layer without a gradient this step (zeroed, frozen, an eval step) is missing, not non-finite
@@ -665,6 +695,9 @@ class TrainingMonitor:
         # Statistical alerts after warm-up.
         judged = [("loss", None, loss if loss_seen else math.nan), ("grad_norm", None, grad_norm)]
         judged += [("grad_norm", layer, v) for layer, v in zip(self.layers, layer_norms)]
+        if zero_fractions is not None and not skipped:
+            record["grad_zeros"] = {layer: v for layer, v in zip(self.layers, zero_fractions) if not math.isnan(v)}
+            judged += [("gradient_zero_fraction", layer, v) for layer, v in record["grad_zeros"].items()]
         if acts is not None:
             for (name, _), (amax, headroom, underflow, distortion, finite) in zip(self._act_modules, acts):
                 judged += [("activation_headroom", name, headroom), ("underflow_ratio", name, underflow),

@@ -396,3 +396,23 @@ def test_the_writer_gets_each_layer_and_the_alerts_and_distortion_is_kept(tmp_pa
     assert sampled and all(0 <= v < 1e-3 for r in sampled[:5] for v in r["distortion"].values())
     pytest.importorskip("matplotlib")
     assert monitor.plot(tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_layer_whose_gradient_turns_to_zeros_is_named_on_a_sampled_step():
+    """Most of one layer's gradient flushed to zero (float16 underflow in part of it): its norm may hardly
+    move, its fraction of exact zeros does."""
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TrainingMonitor(model, warmup_steps=20, alert_window=20, sample_every=5)
+    for step, (x, y) in enumerate(data(80)):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if step == 60:  # a sampled step
+            grad = model[3].weight.grad
+            grad[grad.abs() < grad.abs().quantile(0.9)] = 0.0
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+    zeros = [a for a in monitor.summary().alerts if a.metric == "gradient_zero_fraction"]
+    assert [(a.step, a.layer) for a in zeros] == [(60, "3")] and zeros[0].value >= 0.89
+    assert all("grad_zeros" in r for r in monitor.history if r["step"] % 5 == 0 and r["step"] > 0)
