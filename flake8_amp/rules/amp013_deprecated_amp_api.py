@@ -6,6 +6,7 @@ import ast
 import os
 from typing import Iterator
 
+from ..analysis.control_flow import ancestors
 from ..analysis.module_analysis import ModuleAnalysis
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict
 from .base import Finding, Rule, Severity
@@ -91,14 +92,13 @@ class DeprecatedAmpApi(Rule):
 def _in_local_annotation(node: ast.AST, analysis: ModuleAnalysis) -> bool:
     """Inside the annotation of a variable annotated in a function body (``scaler: Optional[amp.GradScaler]
     = None``), which Python never evaluates (PEP 526): nothing there runs, now or once the API is gone."""
-    child, parent = node, analysis.parents.get(node)
-    while parent is not None and not isinstance(parent, ast.stmt):
-        child, parent = parent, analysis.parents.get(parent)
-    if not isinstance(parent, ast.AnnAssign) or child is not parent.annotation:
+    statement = next(((child, parent) for child, parent in ancestors(node, analysis) if isinstance(parent, ast.stmt)),
+                     None)
+    if statement is None or not isinstance(statement[1], ast.AnnAssign) or statement[0] is not statement[1].annotation:
         return False
-    scope = analysis.parents.get(parent)
-    while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
-        scope = analysis.parents.get(scope)
+    scope = None
+    for _, scope in ancestors(statement[1], analysis):
+        pass
     return isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef))
 
 

@@ -297,13 +297,42 @@ def _global_statistics(tensor: torch.Tensor, fmts: list[FloatFormat]) -> dict[st
 def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool, dim: int = -1) -> DimensionStats:
     """Min, max and mean of each index along ``dim``, reducing over every other axis. Chunked along another
     axis, each chunk a view: a transposed or otherwise non-contiguous tensor is never copied whole, and the
-    extra memory is one chunk plus a few vectors as long as the axis."""
+    extra memory is one chunk plus a few vectors as long as the axis (an axis longer than
+    MAX_LISTED_INDICES is reduced a block of indices at a time and only summarised)."""
     axis = dim % tensor.dim()
     columns = tensor.shape[axis]
+    widest = narrowest = -1
+    widest_range, narrowest_range = -math.inf, math.inf
+    for start in range(0, columns, MAX_LISTED_INDICES):
+        block = tensor.narrow(axis, start, min(MAX_LISTED_INDICES, columns - start))
+        col_min, col_max, col_sum, col_count = _axis_reductions(block, has_non_finite, axis)
+        col_range = (col_max.double() - col_min.double()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        index = int(col_range.argmax())
+        if float(col_range[index]) > widest_range:
+            widest, widest_range = start + index, float(col_range[index])
+        spanning = col_range > 0
+        if bool(spanning.any()):
+            index = int(torch.where(spanning, col_range, math.inf).argmin())
+            if float(col_range[index]) < narrowest_range:
+                narrowest, narrowest_range = start + index, float(col_range[index])
+    if narrowest < 0:  # no index spans anything
+        narrowest, narrowest_range = widest, widest_range
+    ratio = widest_range / narrowest_range if narrowest_range > 0 else 1.0
     if columns > MAX_LISTED_INDICES:
-        return _long_axis_summary(tensor, has_non_finite, axis)
+        return DimensionStats([], [], [], [], widest, narrowest, ratio, axis, widest_range, narrowest_range)
+    mins, maxs, sums, counts, ranges = torch.stack(
+        [col_min.double(), col_max.double(), col_sum, col_count, col_range]
+    ).tolist()
+    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
+    return DimensionStats(mins, maxs, means, ranges, widest, narrowest, ratio, axis, widest_range, narrowest_range)
+
+
+def _axis_reductions(tensor: torch.Tensor, has_non_finite: bool, axis: int) -> tuple[torch.Tensor, ...]:
+    """Per index of ``axis``: min, max, sum and count of its finite values, chunked along the longest
+    other axis (at most one chunk is copied, to lay the axis last)."""
+    columns = tensor.shape[axis]
     others = [d for d in range(tensor.dim()) if d != axis]
-    split = max(others, key=lambda d: tensor.shape[d])  # chunked along the longest other axis
+    split = max(others, key=lambda d: tensor.shape[d])
     per_slice = max(1, tensor.numel() // max(1, tensor.shape[split]))
     step = max(1, _CHUNK // per_slice)
     work_dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
@@ -313,7 +342,7 @@ def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool, dim: int =
     col_count = torch.zeros(columns, dtype=torch.float64, device=tensor.device)
     for start in range(0, tensor.shape[split], step):
         block = tensor.narrow(split, start, min(step, tensor.shape[split] - start)).to(work_dtype)
-        block = block.movedim(axis, -1).reshape(-1, columns)  # at most one chunk is copied, here
+        block = block.movedim(axis, -1).reshape(-1, columns)
         if has_non_finite:
             finite = torch.isfinite(block)
             col_min = torch.minimum(col_min, torch.where(finite, block, math.inf).amin(0))
@@ -326,17 +355,7 @@ def _dimension_statistics(tensor: torch.Tensor, has_non_finite: bool, dim: int =
             col_max = torch.maximum(col_max, high)
             col_sum += block.sum(0, dtype=torch.float64)
             col_count += block.shape[0]
-    col_range = (col_max.double() - col_min.double()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-    widest = int(col_range.argmax())
-    spanning = col_range > 0
-    narrowest = int(torch.where(spanning, col_range, math.inf).argmin()) if bool(spanning.any()) else widest
-    widest_range, narrowest_range = float(col_range[widest]), float(col_range[narrowest])
-    ratio = widest_range / narrowest_range if narrowest_range > 0 else 1.0
-    mins, maxs, sums, counts, ranges = torch.stack(
-        [col_min.double(), col_max.double(), col_sum, col_count, col_range]
-    ).tolist()
-    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
-    return DimensionStats(mins, maxs, means, ranges, widest, narrowest, ratio, axis, widest_range, narrowest_range)
+    return col_min, col_max, col_sum, col_count
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -347,26 +366,6 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     order = sorted(range(tensor.dim()), key=lambda d: (-tensor.stride(d), -tensor.shape[d]))
     permuted = tensor.permute(order)
     return permuted.reshape(-1) if permuted.is_contiguous() else tensor.reshape(-1)
-
-
-def _long_axis_summary(tensor: torch.Tensor, has_non_finite: bool, axis: int) -> DimensionStats:
-    """The widest and narrowest index of an axis too long to list, a block of MAX_LISTED_INDICES indices at
-    a time (each block a view): memory stays bounded however long the axis is."""
-    widest = narrowest = -1
-    widest_range, narrowest_range = -math.inf, math.inf
-    for start in range(0, tensor.shape[axis], MAX_LISTED_INDICES):
-        block = tensor.narrow(axis, start, min(MAX_LISTED_INDICES, tensor.shape[axis] - start))
-        stats = _dimension_statistics(block, has_non_finite, axis)
-        ranges = torch.tensor(stats.range, dtype=torch.float64)
-        if stats.widest_range > widest_range:
-            widest, widest_range = start + stats.widest, stats.widest_range
-        spanning = ranges > 0
-        if bool(spanning.any()) and stats.narrowest_range < narrowest_range:
-            narrowest, narrowest_range = start + stats.narrowest, stats.narrowest_range
-    if narrowest < 0:
-        narrowest, narrowest_range = widest, widest_range
-    ratio = widest_range / narrowest_range if narrowest_range > 0 else 1.0
-    return DimensionStats([], [], [], [], widest, narrowest, ratio, axis, widest_range, narrowest_range)
 
 
 def _assess(report: TensorReport, fmts: list[FloatFormat]) -> tuple[str, list[str]]:

@@ -131,6 +131,7 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
     dtype_index = next((i for i, arg in enumerate(op._schema.arguments) if arg.name == "dtype"), None)
     returns = op._schema.returns
     one_tensor = len(returns) == 1 and str(returns[0].type) == "Tensor"
+    appended = _overload(_APPENDED_DTYPE_OVERLOAD[name]) if cuda_policy == FP32_APPEND_DTYPE else None
 
     def kernel(keyset, *args, **kwargs):
         below = keyset.remove(DispatchKey.AutocastCPU)
@@ -168,9 +169,8 @@ def _make_kernel(op: Any, name: str, cpu_policy: str | None) -> Callable:
                     kwargs = {**kwargs, "dtype": torch.float32}
         elif policy == FP32_APPEND_DTYPE:
             if _eligible(_first_tensor(args)):
-                target = getattr(torch.ops.aten.norm, _APPENDED_DTYPE_OVERLOAD[name].split(".", 1)[1])
                 with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-                    return target.redispatch(below, *args, **kwargs, dtype=torch.float32)
+                    return appended.redispatch(below, *args, **kwargs, dtype=torch.float32)
         elif policy == BANNED:
             raise RuntimeError(BANNED_MESSAGE)
         # As torch's autocast kernels do: the op runs with autocast excluded, so that the ops a composite
@@ -233,18 +233,14 @@ class _EmulatedAutocast(_RealAutocast):
         if not self._emulated:
             super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
             return
-        if not isinstance(device_type, str):
-            raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
         self.device = device_type
         self.fast_dtype = dtype if dtype is not None else (
-            _STATE.cuda_dtype if device_type == "cuda" else _REAL["get_autocast_dtype"]("cpu"))
+            _CUDA_DEFAULT_DTYPE if device_type == "cuda" else _REAL["get_autocast_dtype"]("cpu"))
         self._enabled = bool(enabled)
         self._cache_enabled = torch.is_autocast_cache_enabled() if cache_enabled is None else cache_enabled
-        if device_type == "cuda" and self.fast_dtype not in (torch.float16, torch.bfloat16):
-            warnings.warn("In CUDA autocast, but the target dtype is not supported. Disabling autocast.", stacklevel=2)
-            self._enabled = False
-        if device_type == "cpu" and self.fast_dtype not in (torch.float16, torch.bfloat16):
-            warnings.warn("In CPU autocast, but the target dtype is not supported. Disabling autocast.", stacklevel=2)
+        if self.fast_dtype not in (torch.float16, torch.bfloat16):  # torch's own warning, for either device
+            warnings.warn(f"In {device_type.upper()} autocast, but the target dtype is not supported. "
+                          "Disabling autocast.", stacklevel=2)
             self._enabled = False
 
     def __enter__(self):
@@ -297,13 +293,6 @@ class _EmulatedCudaAmpAutocast(_EmulatedAutocast):
         super().__init__("cuda", dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
 
-class _State:
-    cuda_dtype = _CUDA_DEFAULT_DTYPE
-
-
-_STATE = _State()
-
-
 def _is_autocast_enabled(device_type: str | None = None) -> bool:
     if device_type is None or device_type == "cuda":
         return _cuda_enabled()
@@ -316,7 +305,7 @@ def _is_autocast_enabled(device_type: str | None = None) -> bool:
 
 def _get_autocast_dtype(device_type: str) -> torch.dtype:
     if device_type == "cuda":
-        return _REGIONS.cuda[-1][1] if _REGIONS.cuda else _STATE.cuda_dtype
+        return _REGIONS.cuda[-1][1] if _REGIONS.cuda else _CUDA_DEFAULT_DTYPE
     if device_type == "cpu" and _REGIONS.cpu:
         return _REGIONS.cpu[-1][1]
     return _REAL["get_autocast_dtype"](device_type)
@@ -609,9 +598,9 @@ class CudaEmulation:
 
         for owner in (torch, torch.amp, torch.amp.autocast_mode):
             self._set(owner, "autocast", _EmulatedAutocast)
-        self._set(torch.cuda.amp, "autocast", _EmulatedCudaAmpAutocast)
-        if hasattr(torch.cuda.amp, "autocast_mode"):
-            self._set(torch.cuda.amp.autocast_mode, "autocast", _EmulatedCudaAmpAutocast)
+        self._set(real_cuda.amp, "autocast", _EmulatedCudaAmpAutocast)
+        if hasattr(real_cuda.amp, "autocast_mode"):
+            self._set(real_cuda.amp.autocast_mode, "autocast", _EmulatedCudaAmpAutocast)
         self._set(torch, "is_autocast_enabled", _is_autocast_enabled)
         self._set(torch, "get_autocast_dtype", _get_autocast_dtype)
         self._set(torch, "get_autocast_gpu_dtype", lambda: torch.get_autocast_dtype("cuda"))

@@ -99,10 +99,5 @@ CPU_LOWER_PRECISION_FP = frozenset(
 CPU_PROMOTE = frozenset(_ops("cat stack index_copy"))
 
 
-def base_name(op: str) -> str:
-    """``softmax.int`` -> ``softmax``: the name users call."""
-    return op.split(".", 1)[0]
-
-
 def ops_with(policy: str) -> list[str]:
     return [op for op, rule in CUDA_POLICY.items() if rule == policy]

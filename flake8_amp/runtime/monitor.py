@@ -208,13 +208,6 @@ class TrainingMonitor:
         writer: Any = None,
         sync_every_step: bool = False,
     ) -> None:
-        with torch.inference_mode(False), torch.no_grad():  # created under inference_mode, buffers stay usable
-            self._setup(model, optimizer, scaler, warmup_steps, alert_window, sigma, sample_every, report_every,
-                        precision, writer, sync_every_step)
-
-    def _setup(self, model: nn.Module, optimizer: Any, scaler: Any, warmup_steps: int, alert_window: int,
-               sigma: float, sample_every: int, report_every: int | None, precision: str | None, writer: Any,
-               sync_every_step: bool) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"TrainingMonitor needs an nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
@@ -234,7 +227,8 @@ class TrainingMonitor:
         self._buffer_steps: list[int] = []
         self._lr: list[float] = []
         self._pending_grads: torch.Tensor | None = None
-        self._act_stats: dict[int, torch.Tensor] = {}  # step -> (modules, 5): amax, headroom, underflow, distortion, finite
+        # step -> (modules, 5): amax, headroom, underflow, distortion, finite
+        self._act_stats: dict[int, torch.Tensor] = {}
         self._pending_zeros: torch.Tensor | None = None
         self._grad_zeros: dict[int, torch.Tensor] = {}  # sampled step -> per layer, the fraction of gradient zeros
         self._hooks: list[Any] = []
@@ -265,7 +259,7 @@ class TrainingMonitor:
     def _index_parameters(self) -> None:
         """Which parameters are watched, in which layer; the ring buffer sized for them; the modules whose
         outputs are sampled. Run again when the model's parameters change (see :meth:`_flush`)."""
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._params: list[torch.Tensor] = []
         layer_of_param: list[int] = []
         self.layers: list[str] = []
         for name, parameter in self.model.named_parameters():
@@ -274,16 +268,20 @@ class TrainingMonitor:
             layer = name.rsplit(".", 1)[0] if "." in name else name
             if layer not in self.layers:
                 self.layers.append(layer)
+            self._params.append(parameter)
             layer_of_param.append(self.layers.index(layer))
         self._parameter_key = [id(p) for p in self._params]
         self._parameter_ids = set(self._parameter_key)
         device = self._params[0].device if self._params else torch.device("cpu")
         self.device = device
-        self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
-        # Ring buffer, one row per step: loss, whether a loss was given, grad_norm, scale, then one gradient
-        # norm per layer (MISSING where there was no gradient to read).
         self._columns = _LAYERS + len(self.layers)
-        self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32, device=device)
+        # the monitor's own tensors are never inference tensors, even when made under inference_mode
+        with torch.inference_mode(False), torch.no_grad():
+            self._layer_index = torch.tensor(layer_of_param, dtype=torch.long, device=device)
+            # Ring buffer, one row per step: loss, whether a loss was given, grad_norm, scale, then one
+            # gradient norm per layer (MISSING where there was no gradient to read).
+            self._buffer = torch.full((self.report_every, self._columns), math.nan, dtype=torch.float32,
+                                      device=device)
         # Activation sampling: hooks on leaf and attention modules, attached only for sampled steps.
         self._act_modules = _watched_modules(self.model)
 
@@ -428,31 +426,34 @@ class TrainingMonitor:
         if self._hooks:  # a sampled step: also the fraction of each layer's gradient that is exactly zero
             self._pending_zeros = self._gradient_zeros()
 
+    def _present_gradients(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The gradients the watched parameters have, and the layer of each."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if len(grads) == len(self._params) or not grads:
+            return grads, self._layer_index
+        index = torch.tensor([i for i, p in enumerate(self._params) if p.grad is not None], dtype=torch.long,
+                             device=self.device)
+        return grads, self._layer_index[index]
+
     def _gradient_zeros(self) -> torch.Tensor:
         """Per layer, the fraction of its gradient elements that are exactly 0 (NaN where it has none): a
         gradient underflowing in float16 becomes zeros before its norm says so."""
         zeros = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
         sizes = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
-        present = [(i, p.grad) for i, p in enumerate(self._params) if p.grad is not None]
-        if present:
-            index = self._layer_index[torch.tensor([i for i, _ in present], device=self.device)]
-            counts = torch.stack([torch.count_nonzero(g) for _, g in present]).float()
-            numels = torch.tensor([float(g.numel()) for _, g in present], device=self.device)
-            zeros.index_add_(0, index, numels - counts)
-            sizes.index_add_(0, index, numels)
+        grads, layer_index = self._present_gradients()
+        if grads:
+            counts = torch.stack([torch.count_nonzero(g) for g in grads]).float()
+            numels = torch.tensor([float(g.numel()) for g in grads], device=self.device)
+            zeros.index_add_(0, layer_index, numels - counts)
+            sizes.index_add_(0, layer_index, numels)
         return torch.where(sizes > 0, zeros / sizes.clamp_min(1), math.nan)
 
     def _gradient_norms(self) -> torch.Tensor | None:
         """Per layer, the norm of its gradients; MISSING for a layer none of whose parameters has one."""
-        grads = [p.grad for p in self._params if p.grad is not None]
+        grads, layer_index = self._present_gradients()
         if not grads:
             return None
         complete = len(grads) == len(self._params)
-        if complete:
-            layer_index = self._layer_index
-        else:
-            index = torch.tensor([i for i, p in enumerate(self._params) if p.grad is not None], device=self.device)
-            layer_index = self._layer_index[index]
         norms = _norms(grads)
         squares = torch.zeros(len(self.layers), dtype=torch.float32, device=self.device)
         squares.index_add_(0, layer_index, norms * norms)
