@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .formats import _CHUNK, FloatFormat, get_format, quantize_chunk
+from .formats import _CHUNK, FloatFormat, get_format, json_safe, quantize_chunk
 
 # A narrow dimension added to a wide one keeps about (mantissa_bits + 1 - log2(ratio)) of its bits,
 # judged in the most precise low-precision format analysed (float16 by default).
@@ -410,17 +410,6 @@ def _assess(report: TensorReport, fmts: list[FloatFormat]) -> tuple[str, list[st
                 f"(x.sum(-1, dtype=torch.float32))"
             )
     return ("LOW", "MEDIUM", "HIGH")[risk], notes
-
-
-def json_safe(value: Any) -> Any:
-    """Floats JSON can hold: NaN becomes null, infinities "inf" / "-inf" (also inside dicts and lists)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _num(value: float | None) -> str:

@@ -299,3 +299,14 @@ def _quantize_float64(x: Any, fmt: FloatFormat) -> Any:
     rounded = torch.where(magnitude == 0, magnitude, rounded)
     result = torch.copysign(rounded, x)
     return torch.where(torch.isnan(x), x, result)
+
+
+def json_safe(value: Any) -> Any:
+    """Floats JSON can hold: NaN becomes null, infinities "inf" / "-inf" (also inside dicts and lists)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .analyzer import json_safe
-from .formats import FloatFormat, get_format, round_to_format
+from .formats import FloatFormat, get_format, json_safe, round_to_format
 
 DEFAULT_VALUES = tuple(10.0**k for k in range(-10, 11))
 DEFAULT_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")

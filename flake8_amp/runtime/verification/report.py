@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import __version__
-from ..analyzer import json_safe
+from ..formats import json_safe
 from ..evidence import Outcome, fmt
 
 _TEXT_VERDICT = {
