@@ -155,18 +155,21 @@ def test_an_exception_inside_the_monitor_never_reaches_training(monkeypatch, cap
 
 
 def test_memory_does_not_grow_with_steps(monkeypatch):
-    monkeypatch.setattr(monitor_module, "HISTORY_STEPS", 64)
+    from flake8_amp.runtime.monitor import judge
+
+    monkeypatch.setattr(judge, "HISTORY_STEPS", 64)
     monitor = TrainingMonitor(make_model(), warmup_steps=10, alert_window=10, sample_every=5)
-    buffer_shape = tuple(monitor._buffer.shape)
+    buffer_shape = tuple(monitor._buffer._rows.shape)
     model = monitor.model
     for x, y in batches(400):
         model.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
         monitor.step(loss)
-    assert tuple(monitor._buffer.shape) == buffer_shape
-    assert len(monitor._act_stats) <= 2 and len(monitor._buffer_steps) < monitor.report_every
-    assert all(len(b.values) <= max(10, 10, 8) for b in monitor._baselines.values())
+    assert tuple(monitor._buffer._rows.shape) == buffer_shape
+    assert len(monitor._buffer._samples) <= 2 and len(monitor._buffer) < monitor.report_every
+    assert all(len(b.values) <= max(10, 10, 8) for b in monitor._judge.baselines.values())
+    assert len(monitor.history) == 64
 
 
 def test_step_return_values_and_a_clear_error_once(caplog):

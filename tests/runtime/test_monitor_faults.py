@@ -80,7 +80,7 @@ def test_skipped_steps_in_a_row_alert_with_the_scale_trajectory_and_not_as_nan_g
     assert [a.step for a in alerts if "skipped in a row" in a.metric] == [302]
     skipped = next(a for a in alerts if "skipped in a row" in a.metric)
     scales = [r["scale"] for r in monitor.history if 299 <= r["step"] <= 302]
-    assert skipped.metric.endswith(f"(scale {' -> '.join(f'{v:.3g}' for v in scales)})")
+    assert skipped.metric.endswith(f"(steps 300-302; scale {' -> '.join(f'{v:.3g}' for v in scales)})")
     assert scales[1:] == [scales[0] / 2, scales[0] / 4, scales[0] / 8]
     assert not [a for a in alerts if "gradient" in a.metric]
     assert [a.step for a in alerts if "loss" in a.metric] == [300]  # the inf loss itself, once per window
@@ -416,3 +416,137 @@ def test_a_layer_whose_gradient_turns_to_zeros_is_named_on_a_sampled_step():
     zeros = [a for a in monitor.summary().alerts if a.metric == "gradient_zero_fraction"]
     assert [(a.step, a.layer) for a in zeros] == [(60, "3")] and zeros[0].value >= 0.89
     assert all("grad_zeros" in r for r in monitor.history if r["step"] % 5 == 0 and r["step"] > 0)
+
+
+def test_histograms_are_opt_in_written_at_report_steps_and_count_every_gradient_element():
+    class Writer:
+        def __init__(self):
+            self.histograms, self.zeros = [], {}
+
+        def add_scalar(self, tag, value, step):
+            if tag.startswith("amp/grad_zero_count/"):
+                self.zeros[(tag.rsplit("/", 1)[1], step)] = value
+
+        def add_histogram_raw(self, tag, min, max, num, sum, sum_squares, bucket_limits, bucket_counts, global_step):
+            self.histograms.append((tag, global_step, num, min, max, list(bucket_counts), list(bucket_limits)))
+
+    def train(**options):
+        model = small_cnn()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        writer = Writer()
+        monitor = TrainingMonitor(model, warmup_steps=5, alert_window=10, writer=writer, **options)
+        for step, (x, y) in enumerate(data(30)):
+            nn.functional.cross_entropy(model(x), y).backward()
+            model[3].weight.grad.mul_(2.0**-30)  # a layer whose gradients sit near 2**-33
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step()
+        return writer, model
+
+    assert train()[0].histograms == []
+    writer, model = train(histograms=True)
+    assert sorted({(tag, step) for tag, step, *_ in writer.histograms}) == [
+        (f"amp/grad_log2/{layer}", step) for layer in ("0", "3") for step in (9, 19, 29)]
+    for tag, step, num, low, high, counts, limits in writer.histograms:
+        layer = tag.rsplit("/", 1)[1]
+        assert num == sum(counts) and len(counts) == len(limits) == 96
+        assert num + writer.zeros[(layer, step)] == sum(p.numel() for p in model[int(layer)].parameters())
+        if layer == "3":  # 4 x 256 weights near 2**-33 (those a ReLU left at zero apart), 4 biases near 2**-3
+            assert low < -30 and -10 < high <= 0
+            assert sum(c for c, limit in zip(counts, limits) if limit <= -20) == num - 4
+
+
+def test_precision_fp16_asks_of_a_float32_run_which_gradients_float16_would_flush_to_zero():
+    """Gradients below float16's smallest subnormal over the loss scale (2**-24 / 2**16) would have been
+    zeros in a float16 backward: with precision="fp16" they count as zeros; without, only exact zeros do."""
+
+    def train(**options):
+        model = small_cnn()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        monitor = TrainingMonitor(model, warmup_steps=20, alert_window=20, sample_every=5, **options)
+        for step, (x, y) in enumerate(data(80)):
+            nn.functional.cross_entropy(model(x), y).backward()
+            if step == 60:  # a sampled step: one layer's gradients shrink to ~1e-14, still non-zero in float32
+                model[3].weight.grad.mul_(1e-14)
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step()
+        return [(a.step, a.layer) for a in monitor.summary().alerts if a.metric == "gradient_zero_fraction"]
+
+    assert train(precision="fp16") == [(60, "3")]
+    assert train() == []
+
+
+def test_attribution_follows_the_forward_order_not_the_registration_order():
+    class Reversed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 4)  # registered first, runs last
+            self.body = nn.Linear(4, 8)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x)))
+
+    torch.manual_seed(0)
+    model = Reversed()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = TrainingMonitor(model, warmup_steps=5, alert_window=5, sample_every=1)
+    for step in range(20):
+        x = torch.randn(8, 4) * (math.nan if step == 12 else 1.0)
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        optimizer.step() if step != 12 else None
+        optimizer.zero_grad()
+        monitor.step(loss)
+    alerts = [a for a in monitor.summary().alerts if "non-finite" in a.metric]
+    assert [(a.step, a.metric, a.layer) for a in alerts] == [(12, "non-finite activation (NaN/Inf)", "body")]
+
+
+def test_selecting_modules_are_not_sampled_but_the_first_module_always_is():
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.MaxPool1d(2), nn.Dropout(), nn.Linear(2, 1))
+    monitor = TrainingMonitor(model)
+    assert monitor.layers_with_activations() == ["0", "1", "5"]
+    monitor.close()
+
+
+def test_no_host_read_between_report_steps_off_the_cpu(monkeypatch):
+    """What set_sync_debug_mode checks on a GPU, proxied here: between report steps the monitor reads no
+    tensor to the host (``_local_scalar_dense``: item(), bool(), float()) and lists none (tolist()), once
+    it does not take its buffer for host memory. Report steps read once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = []
+
+    class CountReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    real_tolist = torch.Tensor.tolist
+
+    def tolist(self):
+        reads.append("tolist")
+        return real_tolist(self)
+
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=10)
+    monitor = TrainingMonitor(model, warmup_steps=5, alert_window=10, sample_every=3)
+
+    monkeypatch.setattr(monitor, "_host_memory", lambda: False)  # as on a GPU; its tensors stay where they are
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    per_step = []
+    for step, (x, y) in enumerate(data(30)):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # its own read of found_inf is the training loop's, not the monitor's
+        scaler.update()
+        optimizer.zero_grad()
+        reads.clear()
+        with CountReads():
+            monitor.step(loss)
+        per_step.append(len(reads))
+    assert [step for step, count in enumerate(per_step) if count] == [9, 19, 29]
+    assert all(per_step[step] == 1 for step in (9, 19, 29))  # one transfer per report

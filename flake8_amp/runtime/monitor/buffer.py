@@ -1,0 +1,165 @@
+"""How to buffer and reduce: a device-side ring buffer, one row per step, brought to the host in one
+transfer per report (one all_gather under torch.distributed), and turned into named :class:`StepRow`s."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .compute import ACTIVATION_COLUMNS, HISTOGRAM_EXPONENTS, MISSING
+from .judge import ActivationRow, StepRow
+
+#: the ring buffer's columns, then one gradient norm per layer
+STEP_COLUMNS = ("loss", "grad_norm", "scale", "lr")
+_LOSS, _GRAD_NORM, _SCALE, _LR = range(len(STEP_COLUMNS))
+
+
+class StepBuffer:
+    """``rows`` steps of (loss, grad_norm, scale, lr, one norm per layer) on the device, plus the sampled
+    steps' activation rows, gradient zero fractions and (opt-in) exponent histograms. Host-side facts
+    (step numbers, whether a loss was given, skips the host knew of, forward order) are kept beside it."""
+
+    def __init__(self, rows: int, layers: list[str], modules: list[str], device: torch.device) -> None:
+        self.layers, self.modules, self.device = layers, modules, device
+        self.columns = len(STEP_COLUMNS) + len(layers)
+        with torch.inference_mode(False), torch.no_grad():
+            self._rows = torch.empty((rows, self.columns), dtype=torch.float32, device=device)
+            self._reset(self._rows)
+        self.steps: list[int] = []
+        self._loss_given: list[bool] = []
+        self._skipped: list[bool | None] = []
+        # sampled step -> (modules x ACTIVATION_COLUMNS, each module's place in the forward order, gradient
+        # zero fractions); every module has a row (NaN where it did not run) so that the ranks' payloads
+        # have one shape
+        self._samples: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._histograms: dict[int, torch.Tensor] = {}
+        with torch.inference_mode(False), torch.no_grad():
+            self._nan_row = torch.full((len(ACTIVATION_COLUMNS),), math.nan, device=device)
+            self._places = list(torch.arange(len(modules), dtype=torch.float32, device=device).unbind()) + [
+                torch.full((), math.nan, device=device)]
+
+    @staticmethod
+    def _reset(rows: torch.Tensor) -> None:
+        rows[:, _LOSS] = 0.0  # not a value: whether a loss was given is kept on the host
+        rows[:, _GRAD_NORM] = MISSING
+        rows[:, _SCALE] = math.nan
+        rows[:, _LR] = math.nan
+        rows[:, len(STEP_COLUMNS):] = MISSING
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def record(self, step: int, loss: torch.Tensor | float | None, layer_squares: torch.Tensor | None,
+               present: torch.Tensor | None, scale: torch.Tensor | None, lr: Any, skipped: bool | None) -> None:
+        """One step: a few device writes into its row, no host read. ``layer_squares`` are the layers'
+        squared gradient norms; ``present`` (None: all present) marks the layers that had a gradient."""
+        row = self._rows[len(self.steps)]
+        if loss is not None:
+            row[_LOSS] = loss
+        if layer_squares is not None:
+            row[_GRAD_NORM] = layer_squares.sum().sqrt()
+            norms = layer_squares.sqrt()
+            row[len(STEP_COLUMNS):] = norms if present is None else torch.where(present, norms, MISSING)
+        if scale is not None:
+            row[_SCALE] = scale
+        if isinstance(lr, torch.Tensor):
+            row[_LR].copy_(lr.detach().reshape(()), non_blocking=True)
+        elif isinstance(lr, (int, float)):
+            row[_LR] = float(lr)
+        self.steps.append(step)
+        self._loss_given.append(loss is not None)
+        self._skipped.append(skipped)
+
+    def finite(self, with_gradients: bool) -> bool:
+        """Whether the last step's loss (and gradient norm) are finite. Reads the device: only for a buffer
+        in host memory, where that costs no synchronisation."""
+        row = self._rows[len(self.steps) - 1]
+        return bool(torch.isfinite(row[: _GRAD_NORM + 1 if with_gradients else _LOSS + 1]).all())
+
+    def sample(self, step: int, activations: dict[int, torch.Tensor], zero_fractions: torch.Tensor) -> None:
+        """A sampled step's activation statistics: module position -> row, in the order the modules ran."""
+        place = {index: k for k, index in enumerate(activations)}
+        rows = torch.stack([activations.get(i, self._nan_row).to(self.device) for i in range(len(self.modules))])
+        places = torch.stack([self._places[place.get(i, -1)] for i in range(len(self.modules))])
+        self._samples[step] = (rows, places, zero_fractions)
+
+    def histogram(self, step: int, histograms: torch.Tensor) -> None:
+        self._histograms[step] = histograms
+
+    def drain(self) -> list[list[StepRow]]:
+        """Every buffered step as named rows, one list per rank (one list without torch.distributed), read
+        in one transfer; the buffer is empty afterwards."""
+        count = len(self.steps)
+        if not count:
+            return []
+        parts = [self._rows[:count].reshape(-1)]
+        sampled = sorted(self._samples)
+        for step in sampled:
+            rows, places, zeros = self._samples[step]
+            parts += [rows.reshape(-1), places, zeros.reshape(-1).to(self.device)]
+        histogram_steps = sorted(self._histograms)
+        parts += [self._histograms[step].reshape(-1).to(self.device) for step in histogram_steps]
+        gathered = _gather(torch.cat(parts))
+        steps, loss_given, skipped = self.steps, self._loss_given, self._skipped
+        self.steps, self._loss_given, self._skipped, self._samples, self._histograms = [], [], [], {}, {}
+        self._reset(self._rows)
+        ranks = []
+        for rank, values in enumerate(gathered):
+            position = count * self.columns
+            activations: dict[int, list[ActivationRow]] = {}
+            zero_rows: dict[int, list[float | None]] = {}
+            width = len(ACTIVATION_COLUMNS)
+            for step in sampled:
+                flat = values[position : position + width * len(self.modules)]
+                position += width * len(self.modules)
+                places = values[position : position + len(self.modules)]
+                position += len(self.modules)
+                ran = sorted((place, i) for i, place in enumerate(places) if not math.isnan(place))
+                activations[step] = [_activation_row(self.modules[i], flat[i * width : (i + 1) * width]) for _, i in ran]
+                zero_rows[step] = [None if math.isnan(v) else v for v in values[position : position + len(self.layers)]]
+                position += len(self.layers)
+            histograms: dict[int, dict[str, Any]] = {}
+            bins = HISTOGRAM_EXPONENTS[1] - HISTOGRAM_EXPONENTS[0] + 1
+            for step in histogram_steps:
+                flat = values[position : position + bins * len(self.layers)]
+                position += bins * len(self.layers)
+                histograms[step] = {layer: flat[i * bins : (i + 1) * bins] for i, layer in enumerate(self.layers)}
+            rows = []
+            for i, step in enumerate(steps):
+                row = values[i * self.columns : (i + 1) * self.columns]
+                rows.append(StepRow(
+                    step=step,
+                    loss=row[_LOSS] if loss_given[i] else None,
+                    grad_norm=None if row[_GRAD_NORM] == MISSING else row[_GRAD_NORM],
+                    scale=row[_SCALE],
+                    lr=row[_LR],
+                    layer_norms=[None if v == MISSING else v for v in row[len(STEP_COLUMNS):]],
+                    rank=rank if len(gathered) > 1 else None,
+                    skipped=skipped[i],
+                    activations=activations.get(step),
+                    zero_fractions=zero_rows.get(step),
+                    histograms=histograms.get(step, {}),
+                ))
+            ranks.append(rows)
+        return ranks
+
+
+def _activation_row(name: str, values: list[float]) -> ActivationRow:
+    amax, headroom, underflow, distortion, nonfinite, sampled = values
+    return ActivationRow(name, amax, headroom, underflow, distortion, nonfinite != 0, sampled)
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _gather(payload: torch.Tensor) -> list[list[float]]:
+    """Every rank's payload on every rank, as host lists. The ranks' payloads have the same shape: they
+    run the same steps, sample the same ones and watch the same model."""
+    if not distributed():
+        return [payload.tolist()]
+    parts = [torch.empty_like(payload) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, payload)
+    return [part.tolist() for part in parts]
