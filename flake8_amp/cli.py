@@ -1,5 +1,7 @@
-"""``flake8-amp``: rule docs and the rule table; the runtime's format tools.
+"""``flake8-amp``: the rules without flake8, rule docs and the rule table; the runtime's format tools.
 
+``flake8-amp check src/ [--format default|amp|json|sarif] [flake8's options]``   lint as ``flake8 --select AMP``
+                                does, without flake8: its output, noqa, configuration and exit codes
 ``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
 ``flake8-amp rules [--json]``   the rule table
 ``flake8-amp formats [--json]`` float-format limits; ``flake8-amp bits 12345.67 --format fp16``
@@ -61,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flake8-amp {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    # Listed for --help only: main() hands everything after "check" to flake8_amp.check, whose parser is
+    # flake8's (every flake8 option, and its own --help).
+    subparsers.add_parser(
+        "check",
+        add_help=False,
+        help="lint files as `flake8 --select AMP` does, without flake8: same output, noqa, config, exit codes; "
+        "--format default|amp|json|sarif (see check --help)",
+    )
+
     explain_parser = subparsers.add_parser("explain", help="print a rule's doc (e.g. AMP003)")
     explain_parser.add_argument("code", help="a rule code such as AMP003, or a topic page name")
     explain_parser.set_defaults(func=explain)
@@ -78,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"]:
+        from .check import main as check  # flake8's machinery, loaded only for this command
+
+        return check(argv[1:])
     # Everything after "--" belongs to the script that `verify` runs, flags included.
     script_args: list[str] = []
     if "--" in argv:

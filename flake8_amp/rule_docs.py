@@ -13,6 +13,18 @@ if TYPE_CHECKING:
     from .rules.base import Rule
 
 
+#: where the project's source, and so each rule doc (``rule_docs/AMP0NN.md``), is published; machine-readable
+#: reports (SARIF's ``helpUri``, the JSON report's ``url``) link into it, as ``explain`` does offline
+REPOSITORY_URL = "https://github.com/flake8-amp/flake8-amp"
+#: the published ``rule_docs/`` folder; a page's relative links resolve against it
+DOCS_URL = f"{REPOSITORY_URL}/blob/main/rule_docs/"
+
+
+def doc_url(code: str) -> str:
+    """The published doc of a rule, ``<DOCS_URL>AMP001.md``."""
+    return f"{DOCS_URL}{code.upper()}.md"
+
+
 def docs_directory() -> Path:
     """``flake8_amp/rule_docs`` in an installed wheel; the repository's ``rule_docs/`` in a checkout."""
     packaged = Path(str(resources.files("flake8_amp"))) / "rule_docs"
