@@ -100,3 +100,14 @@ def test_an_underflow_ratio_over_few_values_needs_more_than_counting_noise():
         assert made.judge(act(step, 0.0, 32.0)) == []
     assert made.judge(act(20, 1 / 32, 32.0)) == []  # one value in 32
     assert [a.metric for a in made.judge(act(21, 8 / 32, 32.0))] == ["underflow_ratio"]
+
+
+def test_gradients_falling_with_the_loss_are_a_fitted_batch_not_gradients_vanishing():
+    made = judge()
+    for step in range(20):
+        assert made.judge(row(step, loss=1.0 + 0.01 * (step % 3), norms=(1.0, 1.0))) == []
+    assert made.judge(row(20, loss=0.01, norms=(0.01, 0.01))) == []  # the loss fell 100x with them
+    fell = made.judge(row(21, loss=1.0, norms=(0.01, 0.01)))
+    assert {(a.metric, a.layer) for a in fell} == {("grad_norm fell (gradients vanishing)", None),
+                                                   ("grad_norm fell (gradients vanishing)", "embed"),
+                                                   ("grad_norm fell (gradients vanishing)", "head")}

@@ -28,9 +28,10 @@ def data(steps: int):
         yield x, (x.mean(dim=(1, 2, 3)) > 0).long() + 2 * (x[:, 0, 0, 0] > 0).long()
 
 
-def readme_run(dtype=None, *, faults=None, growth_interval=10, steps=STEPS):
-    """The README's example: the step takes the model and a batch; optimizer and scaler are globals."""
-    faults = faults or {}
+def readme_run(dtype=None, *, faults=None, backward_faults=None, growth_interval=10, steps=STEPS):
+    """The README's example: the step takes the model and a batch; optimizer and scaler are globals.
+    ``faults`` multiply the loss at a step; ``backward_faults`` only the loss backpropagated."""
+    faults, backward_faults = faults or {}, backward_faults or {}
     model = small_cnn()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", growth_interval=growth_interval, enabled=dtype == torch.float16)
@@ -42,7 +43,7 @@ def readme_run(dtype=None, *, faults=None, growth_interval=10, steps=STEPS):
             loss = nn.functional.cross_entropy(model(x), y)
         if step in faults:
             loss = loss * faults[step]
-        scaler.scale(loss).backward()
+        scaler.scale(loss * backward_faults.get(step, 1.0)).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -247,10 +248,11 @@ def test_attention_outputs_are_watched_and_an_overflow_there_is_named():
 
 
 def test_gradients_that_vanish_to_zero_alert_at_the_step_they_do():
-    """A loss weighted 1e-20 (a mis-scaled auxiliary loss): under float16 its gradients underflow to zero.
-    A falling loss is training; gradient norms falling by orders of magnitude at once are not."""
+    """The loss backpropagated weighted 1e-20 (a mis-scaled loss term), the loss logged as before: under
+    float16 its gradients underflow to zero. Gradient norms falling by orders of magnitude at once while
+    the loss does not fall are gradients vanishing, not training."""
     faults = {step: 1e-20 for step in range(300, 360)}
-    monitor, _ = readme_run(torch.float16, faults=faults, growth_interval=2000, steps=360)
+    monitor, _ = readme_run(torch.float16, backward_faults=faults, growth_interval=2000, steps=360)
     fell = [a for a in monitor.summary().alerts if "fell" in a.metric]
     # at once, then once per alert window while it lasts (they are never learned as the new normal)
     assert fell and {a.step for a in fell} == {300, 325, 350}

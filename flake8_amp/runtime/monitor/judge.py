@@ -309,12 +309,13 @@ class Judge:
             judged += [("activation_headroom", act.name, act.headroom, 0.0),
                        ("underflow_ratio", act.name, act.underflow, resolution),
                        ("distortion", act.name, act.distortion, 0.0)]
+        converging = self._loss_fell(row)
         for metric, layer, value, resolution in judged:
             if value is None or not math.isfinite(value):
                 continue
             if layer is not None and metric != "grad_norm":
                 self._track_worst(layer, metric, value)
-            alerts.append(self._judge_value(step, metric, layer, value, rank, resolution))
+            alerts.append(self._judge_value(step, metric, layer, value, rank, resolution, converging))
         if row.histograms:
             record["histograms"] = row.histograms
         self.history.append(record)
@@ -352,8 +353,16 @@ class Judge:
                                 row.scale, f"> {fmt(watch.highest / SCALE_COLLAPSE)}", None, row.rank))
         return skipped
 
+    def _loss_fell(self, row: StepRow) -> bool:
+        """Whether this step's loss is a factor _LOG_RANGE_FACTOR below its baseline: gradients falling
+        with it are a batch the model already fits (or a model converging), not gradients vanishing."""
+        baseline = self.baselines.get(("loss", None, row.rank))
+        if row.loss is None or not math.isfinite(row.loss) or baseline is None or not baseline.ready():
+            return False
+        return row.loss * _LOG_RANGE_FACTOR < baseline.center()[0]
+
     def _judge_value(self, step: int, metric: str, layer: str | None, value: float, rank: int | None,
-                     resolution: float) -> Alert | None:
+                     resolution: float, converging: bool = False) -> Alert | None:
         baseline = self.baselines.get((metric, layer, rank))
         if baseline is None:
             baseline = self.baselines[(metric, layer, rank)] = Baseline(metric, self.warmup_steps, self.alert_window)
@@ -361,7 +370,7 @@ class Judge:
             baseline.judge(value, math.inf, resolution)
             return None
         deviation = baseline.judge(value, self.sigma, resolution)
-        if deviation is None:
+        if deviation is None or (deviation < 0 and converging):
             return None
         named = metric if deviation > 0 else f"{metric} fell (gradients vanishing)"
         if not self._may_alert((named, layer, rank), step):
