@@ -56,9 +56,11 @@ def test_the_first_non_finite_activation_in_forward_order_is_named_before_the_lo
 
 def test_skips_known_on_the_host_alert_on_the_third_in_a_row_once_and_are_not_counted_twice():
     made = judge()
+    assert made.skip_known(4, False, 2048.0) == []
     assert made.skip_known(5, True, 1024.0) == [] and made.skip_known(6, True, 512.0) == []
     alerts = made.skip_known(7, True, 256.0)
-    assert [a.metric for a in alerts] == ["3 GradScaler steps skipped in a row (steps 5-7; scale 1.02e+03 -> 512 -> 256)"]
+    assert [a.metric for a in alerts] == [
+        "3 GradScaler steps skipped in a row (steps 5-7; scale 2.05e+03 -> 1.02e+03 -> 512 -> 256)"]
     assert made.skip_known(8, True, 128.0) == []  # the same run of skips: said once
     for step, scale in zip(range(5, 9), (1024.0, 512.0, 256.0, 128.0)):
         assert made.judge(row(step, scale=scale, skipped=True)) == []  # the report adds no second alert
@@ -79,13 +81,14 @@ def test_an_isolated_skip_is_a_growth_probe_not_an_alert():
     assert list(made.skipped_steps) == [6]
 
 
-def test_gradient_norms_alert_past_a_factor_of_four_either_way_not_within_it():
+def test_gradient_norms_alert_up_past_a_factor_of_four_and_down_only_when_they_vanish():
     made = judge()
     for step in range(20):
         assert made.judge(row(step, norms=(1.0 + 0.01 * (step % 3), 1.0))) == []
     assert made.judge(row(20, norms=(3.5, 1.0))) == []  # 3.5x: training's own swing
     alerts = made.judge(row(21, norms=(8.0, 1.0)))
     assert ("grad_norm", "embed") in [(a.metric, a.layer) for a in alerts]
+    assert made.judge(row(30, norms=(1.0, 0.01))) == []  # 100x lower: a fitted batch, a model converging
     fell = made.judge(row(40, norms=(1.0, 0.0)))
     assert [(a.metric, a.layer) for a in fell] == [("grad_norm fell (gradients vanishing)", "head")]
 
@@ -106,8 +109,18 @@ def test_gradients_falling_with_the_loss_are_a_fitted_batch_not_gradients_vanish
     made = judge()
     for step in range(20):
         assert made.judge(row(step, loss=1.0 + 0.01 * (step % 3), norms=(1.0, 1.0))) == []
-    assert made.judge(row(20, loss=0.01, norms=(0.01, 0.01))) == []  # the loss fell 100x with them
-    fell = made.judge(row(21, loss=1.0, norms=(0.01, 0.01)))
+    assert made.judge(row(20, loss=0.01, norms=(0.0, 0.0))) == []  # the loss fell 100x with them
+    fell = made.judge(row(21, loss=1.0, norms=(0.0, 0.0)))
     assert {(a.metric, a.layer) for a in fell} == {("grad_norm fell (gradients vanishing)", None),
                                                    ("grad_norm fell (gradients vanishing)", "embed"),
                                                    ("grad_norm fell (gradients vanishing)", "head")}
+
+
+def test_skips_said_at_once_without_the_scale_name_the_steps_and_no_stale_trajectory():
+    """On a GPU the host knows the skips, not the scale: the alert names the steps, and never a trajectory
+    made of the last report's values (it read 6.55e+04 four times on an H200 before this was fixed)."""
+    made = judge()
+    for step in range(4):
+        made.judge(row(step, scale=65536.0))
+    alerts = [a for step in (4, 5, 6) for a in made.skip_known(step, True, None)]
+    assert [a.metric for a in alerts] == ["3 GradScaler steps skipped in a row (steps 4-6)"]

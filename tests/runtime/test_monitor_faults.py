@@ -513,15 +513,16 @@ def test_selecting_modules_are_not_sampled_but_the_first_module_always_is():
 
 def test_no_host_read_between_report_steps_off_the_cpu(monkeypatch):
     """What set_sync_debug_mode checks on a GPU, proxied here: between report steps the monitor reads no
-    tensor to the host (``_local_scalar_dense``: item(), bool(), float()) and lists none (tolist()), once
-    it does not take its buffer for host memory. Report steps read once."""
+    tensor to the host (``_local_scalar_dense``: item(), bool(), float()), lists none (tolist()) and makes
+    no tensor from host data (``lift_fresh``: torch.tensor(list), ``row[i] = 0.5``, a copy to the device
+    that waits), once it does not take its buffer for host memory. Report steps read once."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     reads = []
 
     class CountReads(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten._local_scalar_dense.default:
+            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
                 reads.append(str(func))
             return func(*args, **(kwargs or {}))
 

@@ -35,6 +35,7 @@ class StepBuffer:
         # have one shape
         self._samples: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._histograms: dict[int, torch.Tensor] = {}
+        self._facts: dict[int, dict[int, tuple[float, int]]] = {}
         with torch.inference_mode(False), torch.no_grad():
             self._nan_row = torch.full((len(ACTIVATION_COLUMNS),), math.nan, device=device)
             self._places = list(torch.arange(len(modules), dtype=torch.float32, device=device).unbind()) + [
@@ -42,11 +43,11 @@ class StepBuffer:
 
     @staticmethod
     def _reset(rows: torch.Tensor) -> None:
-        rows[:, _LOSS] = 0.0  # not a value: whether a loss was given is kept on the host
-        rows[:, _GRAD_NORM] = MISSING
-        rows[:, _SCALE] = math.nan
-        rows[:, _LR] = math.nan
-        rows[:, len(STEP_COLUMNS):] = MISSING
+        rows[:, _LOSS].fill_(0.0)  # not a value: whether a loss was given is kept on the host
+        rows[:, _GRAD_NORM].fill_(MISSING)
+        rows[:, _SCALE].fill_(math.nan)
+        rows[:, _LR].fill_(math.nan)
+        rows[:, len(STEP_COLUMNS):].fill_(MISSING)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -55,19 +56,23 @@ class StepBuffer:
                present: torch.Tensor | None, scale: torch.Tensor | None, lr: Any, skipped: bool | None) -> None:
         """One step: a few device writes into its row, no host read. ``layer_squares`` are the layers'
         squared gradient norms; ``present`` (None: all present) marks the layers that had a gradient."""
+        # Python numbers go in with fill_ (a kernel argument): `row[i] = 0.5` would copy a host tensor to the
+        # device, which waits for it (set_sync_debug_mode flags it)
         row = self._rows[len(self.steps)]
-        if loss is not None:
-            row[_LOSS] = loss
+        if isinstance(loss, torch.Tensor):
+            row[_LOSS].copy_(loss, non_blocking=True)
+        elif loss is not None:
+            row[_LOSS].fill_(loss)
         if layer_squares is not None:
-            row[_GRAD_NORM] = layer_squares.sum().sqrt()
+            row[_GRAD_NORM].copy_(layer_squares.sum().sqrt())
             norms = layer_squares.sqrt()
-            row[len(STEP_COLUMNS):] = norms if present is None else torch.where(present, norms, MISSING)
+            row[len(STEP_COLUMNS):].copy_(norms if present is None else torch.where(present, norms, MISSING))
         if scale is not None:
-            row[_SCALE] = scale
+            row[_SCALE].copy_(scale, non_blocking=True)
         if isinstance(lr, torch.Tensor):
             row[_LR].copy_(lr.detach().reshape(()), non_blocking=True)
         elif isinstance(lr, (int, float)):
-            row[_LR] = float(lr)
+            row[_LR].fill_(float(lr))
         self.steps.append(step)
         self._loss_given.append(loss is not None)
         self._skipped.append(skipped)
@@ -78,12 +83,15 @@ class StepBuffer:
         row = self._rows[len(self.steps) - 1]
         return bool(torch.isfinite(row[: _GRAD_NORM + 1 if with_gradients else _LOSS + 1]).all())
 
-    def sample(self, step: int, activations: dict[int, torch.Tensor], zero_fractions: torch.Tensor) -> None:
-        """A sampled step's activation statistics: module position -> row, in the order the modules ran."""
+    def sample(self, step: int, activations: dict[int, torch.Tensor], facts: dict[int, tuple[float, int]],
+               zero_fractions: torch.Tensor) -> None:
+        """A sampled step's activation statistics (module position -> row, in the order the modules ran) and
+        what the host knows of each (the judged format's max, the values counted)."""
         place = {index: k for k, index in enumerate(activations)}
         rows = torch.stack([activations.get(i, self._nan_row).to(self.device) for i in range(len(self.modules))])
         places = torch.stack([self._places[place.get(i, -1)] for i in range(len(self.modules))])
         self._samples[step] = (rows, places, zero_fractions)
+        self._facts[step] = facts
 
     def histogram(self, step: int, histograms: torch.Tensor) -> None:
         self._histograms[step] = histograms
@@ -102,8 +110,9 @@ class StepBuffer:
         histogram_steps = sorted(self._histograms)
         parts += [self._histograms[step].reshape(-1).to(self.device) for step in histogram_steps]
         gathered = _gather(torch.cat(parts))
-        steps, loss_given, skipped = self.steps, self._loss_given, self._skipped
+        steps, loss_given, skipped, facts = self.steps, self._loss_given, self._skipped, self._facts
         self.steps, self._loss_given, self._skipped, self._samples, self._histograms = [], [], [], {}, {}
+        self._facts = {}
         self._reset(self._rows)
         ranks = []
         for rank, values in enumerate(gathered):
@@ -117,7 +126,8 @@ class StepBuffer:
                 places = values[position : position + len(self.modules)]
                 position += len(self.modules)
                 ran = sorted((place, i) for i, place in enumerate(places) if not math.isnan(place))
-                activations[step] = [_activation_row(self.modules[i], flat[i * width : (i + 1) * width]) for _, i in ran]
+                activations[step] = [_activation_row(self.modules[i], flat[i * width : (i + 1) * width],
+                                                     facts[step].get(i)) for _, i in ran]
                 zero_rows[step] = [None if math.isnan(v) else v for v in values[position : position + len(self.layers)]]
                 position += len(self.layers)
             histograms: dict[int, dict[str, Any]] = {}
@@ -146,9 +156,13 @@ class StepBuffer:
         return ranks
 
 
-def _activation_row(name: str, values: list[float]) -> ActivationRow:
-    amax, headroom, underflow, distortion, nonfinite, sampled = values
-    return ActivationRow(name, amax, headroom, underflow, distortion, nonfinite != 0, sampled)
+def _activation_row(name: str, values: list[float], facts: tuple[float, int] | None) -> ActivationRow:
+    """A module's row from its device counts and the host's facts (another rank's modules are the same
+    model's: the facts of this rank's module hold for them)."""
+    amax, small, nonzero, distortion = values
+    fmt_max, sampled = facts or (math.nan, 0)
+    underflow = max(0.0, small - (sampled - nonzero)) / max(nonzero, 1.0)  # non-zero values below normal
+    return ActivationRow(name, amax, amax / fmt_max, underflow, distortion, not math.isfinite(amax), nonzero)
 
 
 def distributed() -> bool:

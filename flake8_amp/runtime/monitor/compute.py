@@ -15,7 +15,7 @@ import torch
 #: a gradient norm that could not be read (no gradient: after zero_grad, in an eval step): not a NaN
 MISSING = -1.0
 #: one row per watched module on a sampled step
-ACTIVATION_COLUMNS = ("amax", "headroom", "underflow", "distortion", "nonfinite", "sampled")
+ACTIVATION_COLUMNS = ("amax", "small", "nonzero", "distortion")
 #: elements of an activation that its underflow ratio and distortion are estimated on (evenly strided)
 RATIO_SAMPLE = 1 << 16
 #: elements of a gradient compared with a threshold at a time (bounds the temporaries)
@@ -84,7 +84,8 @@ class GradientReader:
             self._zero = torch.zeros((), device=device)
 
     def _plan(self, grads: list[torch.Tensor | None]) -> _Plan:
-        key = tuple(None if g is None else (g.dtype, g.layout, g.shape) for g in grads)
+        # a gradient has its parameter's shape: which are missing, their dtypes and layouts tell the pattern
+        key = tuple(None if g is None else (g.dtype, g.layout) for g in grads)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = _Plan(grads, self.layer_of, self.layers, self.device, self.fused)
@@ -108,8 +109,8 @@ class GradientReader:
             if kind == "dot":
                 flats = [grads[i].view(-1) for i in indices]
                 values = torch.stack([torch.dot(flat, flat) for flat in flats]).float()
-            else:
-                group = [_stored(grads[i]) for i in indices]
+            else:  # the fused norm takes gradients of any shape: no per-gradient view to make
+                group = [grads[i] if grads[i].layout == torch.strided else _stored(grads[i]) for i in indices]
                 values = torch.stack(torch._foreach_norm(group, 2, dtype=None if kind == torch.float64 else torch.float32))
                 values = values.float().square()
             squares.index_add_(0, layer_index, values)
@@ -143,13 +144,16 @@ def _stored(grad: torch.Tensor) -> torch.Tensor:
     return grad.reshape(-1)
 
 
-def activation_stats(x: torch.Tensor, precision: str | None) -> torch.Tensor:
-    """The :data:`ACTIVATION_COLUMNS` of one activation, as a float32 vector on its device.
+def activation_stats(x: torch.Tensor, precision: str | None) -> tuple[torch.Tensor, tuple[float, int]]:
+    """One activation's :data:`ACTIVATION_COLUMNS` as a float32 vector on its device, and what the host
+    knows of it: the judged format's max and how many values the counts were taken over. The host turns
+    them into headroom (max |x| / format max), underflow ratio and non-finiteness at the report.
 
     max |x| is exact, from one min/max pass (NaN and Inf propagate through it, so it also says whether
-    every value is finite). The ratios (underflow, distortion) are fractions: they are estimated on an
-    evenly strided view of at most :data:`RATIO_SAMPLE` elements, which costs the same whatever the
-    activation's size (a standard error under 0.2%).
+    every value is finite). The counts (values below the smallest normal, zeros included; non-zero values)
+    and the distortion are taken on an evenly strided view of at most :data:`RATIO_SAMPLE` elements, which
+    costs the same whatever the activation's size (a ratio's standard error under 0.2%). Few device ops
+    per module: a sampled step hooks every watched module, and on a GPU each op is a kernel launch.
     """
     judged_as = judged_format(x.dtype, precision)
     fmt_max, fmt_normal, _ = FORMAT_LIMITS[judged_as]
@@ -157,20 +161,18 @@ def activation_stats(x: torch.Tensor, precision: str | None) -> torch.Tensor:
     amax = torch.maximum(high, -low).float()
     flat = x.reshape(-1) if x.is_contiguous() else x.flatten()
     sample = flat[:: max(1, flat.numel() // RATIO_SAMPLE)]
-    nonzero = torch.count_nonzero(sample)
     magnitude = sample.abs()
-    small = torch.count_nonzero(magnitude < fmt_normal)  # zeros and subnormals (a NaN is neither)
-    underflow = (small - (sample.numel() - nonzero)).clamp_min(0) / nonzero.clamp_min(1)
+    small = (magnitude < fmt_normal).sum(dtype=torch.float32)  # zeros and subnormals (a NaN is neither)
+    nonzero = torch.count_nonzero(sample).float()
     own = str(x.dtype).removeprefix("torch.")
     if judged_as != own and own in ("float32", "bfloat16"):
         target = torch.float16 if judged_as == "float16" else torch.bfloat16
         wide = magnitude.float()
         error = (wide.to(target).float() - wide).abs() / wide.clamp_min(1e-30)
-        distortion = (error.sum(dtype=torch.float64) / max(1, sample.numel())).float()
+        distortion = error.mean(dtype=torch.float32)
     else:
         distortion = torch.full((), math.nan, device=x.device)
-    nonfinite = (~torch.isfinite(amax)).float()
-    return torch.stack([amax, amax / fmt_max, underflow.float(), distortion, nonfinite, nonzero.float()])
+    return torch.stack([amax, small, nonzero, distortion]), (fmt_max, sample.numel())
 
 
 def exponent_histograms(grads: list[torch.Tensor | None], layer_of: list[int], layers: int,

@@ -229,7 +229,7 @@ class TrainingMonitor:
             return smallest / scale.detach().to(device=self.device, dtype=torch.float32).reshape(())
         return torch.full((), smallest / _DEFAULT_LOSS_SCALE, device=self.device)
 
-    def _activation_stats(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _activation_stats(self, tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[float, int]]:
         return activation_stats(tensor, self.precision)
 
     def _step(self, loss: Any) -> None:
@@ -246,12 +246,12 @@ class TrainingMonitor:
         self._buffer.record(self.steps, loss_value, read.get("squares"), read.get("present"), scale,
                             groups[0].get("lr") if groups else None, skipped)
         if self._hooks.attached:
-            activations = self._hooks.detach()
+            activations, facts = self._hooks.detach()
             if activations:  # else attached after this step's forward pass (the decorator's first step)
                 zeros = read.get("zeros")
                 if zeros is None:
                     zeros = torch.full((len(self._index.layers),), math.nan, device=self.device)
-                self._buffer.sample(self.steps, activations, zeros)
+                self._buffer.sample(self.steps, activations, facts, zeros)
         if "histograms" in read:
             self._buffer.histogram(self.steps, read["histograms"])
         self.steps += 1

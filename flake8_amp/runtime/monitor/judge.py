@@ -36,13 +36,17 @@ _COUNTING_NOISE = 4
 # Gradient norms swing multiplicatively in healthy training: a noisy layer's norm can reach 5-7x its
 # median within a few hundred clean steps, and a quiet layer's can drift 2x in a few dozen steps early in
 # training (a transformer's attention sharpening). They are judged on a log scale, so that each layer's
-# threshold follows its own variability (8 robust sigmas of log norm), and never closer than a factor
-# _LOG_RANGE_FACTOR to the median, either way; a new value must also be more than _LOG_RANGE_FACTOR
-# times the highest seen to pass the range test. A learning-rate spike, an exploding layer or gradients
-# flushed to zero move them by orders of magnitude.
+# threshold follows its own variability (8 robust sigmas of log norm), and a rise must also pass a factor
+# _LOG_RANGE_FACTOR over the median (and, for the range test, over the highest seen). A learning-rate
+# spike or an exploding layer moves them by orders of magnitude.
 _LOG_SCALE_METRICS = frozenset({"grad_norm"})
 _LOG_RANGE_FACTOR = 4.0
 _LOG_MIN_CHANGE = math.log(_LOG_RANGE_FACTOR)
+# Gradient norms fall as a model fits its data: a GPT-2 memorising four batches saw every layer's norm fall
+# 15-100x within a window (on an H200; its loss fell far less). Underflow is not a fall, it is an end: a
+# loss scale that collapsed flushes whole gradients to zero. So "vanishing" means zero, or 10**4 below
+# the median; partial underflow shows first in the zero fraction of sampled steps.
+_LOG_VANISHED = math.log(1e4)
 
 
 @dataclass
@@ -187,7 +191,7 @@ class Baseline:
             median, scale = self.center()
             deviation = (scaled - median) / scale
             if self.log:  # a multiplicative metric: within a factor _LOG_RANGE_FACTOR is training's own swing
-                if deviation < -sigma and median - scaled > _LOG_MIN_CHANGE:
+                if deviation < -sigma and median - scaled > _LOG_VANISHED:
                     return deviation
                 beyond_sigma = deviation > sigma and scaled - median > _LOG_MIN_CHANGE
             else:
@@ -252,8 +256,11 @@ class Judge:
         if not self._may_alert(("skips", None, rank), step):
             return None
         steps = f"steps {watch.run_start}-{step}"
-        recent = [value for at, value in watch.trajectory if at <= step]
-        trajectory = f"; scale {' -> '.join(fmt(v) for v in recent)}" if len(recent) > 1 else ""
+        # the scale from the step before the run to this one, where every value of it is known (said at once
+        # on a GPU, the skips came with no scale: it is read at the next report, with the steps' records)
+        recent = [value for at, value in watch.trajectory if watch.run_start - 1 <= at <= step]
+        complete = len(recent) == step - watch.run_start + 2
+        trajectory = f"; scale {' -> '.join(fmt(v) for v in recent)}" if complete else ""
         return Alert(step, f"{watch.consecutive} GradScaler steps skipped in a row ({steps}{trajectory})",
                      recent[-1] if recent else math.nan, "isolated skips", None, rank)
 

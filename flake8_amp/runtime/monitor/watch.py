@@ -68,10 +68,12 @@ class ActivationHooks:
     are kept in the order the forward pass ran them (attribution names the first non-finite one); a module
     run twice in a step (shared, or recomputed by checkpointing) keeps the worst of its values."""
 
-    def __init__(self, compute: Callable[[torch.Tensor], torch.Tensor], on_error: Callable[[Exception], None]) -> None:
+    def __init__(self, compute: Callable[[torch.Tensor], tuple[torch.Tensor, Any]],
+                 on_error: Callable[[Exception], None]) -> None:
         self._compute, self._on_error = compute, on_error
         self._handles: list[Any] = []
-        self.stats: dict[int, torch.Tensor] = {}  # module position -> statistics, in forward order
+        self.stats: dict[int, torch.Tensor] = {}  # module position -> device statistics, in forward order
+        self.facts: dict[int, Any] = {}  # module position -> what the host knows of them
 
     @property
     def attached(self) -> bool:
@@ -80,24 +82,24 @@ class ActivationHooks:
     def attach(self, modules: list[tuple[str, nn.Module]]) -> None:
         if self._handles or not modules:
             return
-        self.stats = {}
+        self.stats, self.facts = {}, {}
         self._handles = [module.register_forward_hook(self._hook(index)) for index, (_, module) in enumerate(modules)]
 
-    def detach(self) -> dict[int, torch.Tensor]:
+    def detach(self) -> tuple[dict[int, torch.Tensor], dict[int, Any]]:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        stats, self.stats = self.stats, {}
-        return stats
+        stats, facts, self.stats, self.facts = self.stats, self.facts, {}, {}
+        return stats, facts
 
     def _hook(self, index: int) -> Callable:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             try:
                 tensor = output[0] if isinstance(output, (tuple, list)) and output else output
                 if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
-                    stats = self._compute(tensor.detach())
+                    stats, self.facts[index] = self._compute(tensor.detach())
                     previous = self.stats.get(index)
-                    self.stats[index] = stats if previous is None else torch.fmax(previous, stats)
+                    self.stats[index] = stats if previous is None else torch.maximum(previous, stats)  # NaN stays
             except Exception as exc:  # noqa: BLE001 - the monitor must never break training
                 self._on_error(exc)
             return None
@@ -112,11 +114,18 @@ def driving_scaler() -> Any:
     for _ in range(12):
         if frame is None:
             return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, torch.amp.GradScaler):
-            return candidate
+        # only a scaler's step methods are asked for their locals: reading a frame's locals builds a dict,
+        # and this runs at every optimizer step of a run that has no scaler
+        if frame.f_code.co_name in _SCALER_STEP_METHODS:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, torch.amp.GradScaler):
+                return candidate
         frame = frame.f_back
     return None
+
+
+#: the GradScaler methods (torch's, and subclasses' overrides of them) that call an optimizer's step()
+_SCALER_STEP_METHODS = frozenset({"step", "_maybe_opt_step"})
 
 
 class ScalerDecisions:
