@@ -24,6 +24,14 @@ _EXPORTS = {
     # training monitor
     "watch_training": "monitor",
     "TrainingMonitor": "monitor",
+    # which layers break in low precision; training side by side; gradient range against a loss scale
+    "compare_precision": "compare",
+    "CompareReport": "compare",
+    "keep_fp32": "compare",
+    "compare_training": "compare",
+    "TrainingComparison": "compare",
+    "gradient_overflow_risk": "compare",
+    "GradientRiskReport": "compare",
     # verify: lint, run, and say what happened at each flagged line
     "verify": "verification",
     "VerifyReport": "verification",
