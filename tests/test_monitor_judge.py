@@ -124,3 +124,19 @@ def test_skips_said_at_once_without_the_scale_name_the_steps_and_no_stale_trajec
         made.judge(row(step, scale=65536.0))
     alerts = [a for step in (4, 5, 6) for a in made.skip_known(step, True, None)]
     assert [a.metric for a in alerts] == ["3 GradScaler steps skipped in a row (steps 4-6)"]
+
+
+def test_a_positive_loss_is_judged_by_factors_and_a_signed_one_as_it_is():
+    """A clean transformer's batch loss reached 3x its median (0.36 against 0.12) after 484 steps: noise
+    that grows relative to the loss as it falls. A positive loss is judged on a log scale, past a factor of
+    four; a loss that has been negative (a log-likelihood) on its own scale."""
+    made = judge()
+    for step in range(30):
+        assert made.judge(row(step, loss=0.12 + 0.01 * (step % 3))) == []
+    assert made.judge(row(30, loss=0.36)) == []
+    assert [a.metric for a in made.judge(row(31, loss=1.5))] == ["loss"]
+    assert made.judge(row(60, loss=0.001)) == []  # falling is training, however far
+    signed = judge()
+    for step in range(30):
+        assert signed.judge(row(step, loss=-1.0 + 0.01 * (step % 3))) == []
+    assert [a.metric for a in signed.judge(row(30, loss=-0.5))] == ["loss"]

@@ -128,7 +128,7 @@ IDS = [f"{kind}-{dtype}" for kind, dtype in SETUPS]
 
 @pytest.mark.parametrize(("kind", "dtype"), SETUPS, ids=IDS)
 def test_clean_runs_raise_nothing(kind, dtype):
-    monitor, _ = run(kind, dtype, None, steps=400)
+    monitor, _ = run(kind, dtype, None, steps=500)
     assert list(monitor.alerts) == []
 
 

@@ -39,7 +39,7 @@ _COUNTING_NOISE = 4
 # threshold follows its own variability (8 robust sigmas of log norm), and a rise must also pass a factor
 # _LOG_RANGE_FACTOR over the median (and, for the range test, over the highest seen). A learning-rate
 # spike or an exploding layer moves them by orders of magnitude.
-_LOG_SCALE_METRICS = frozenset({"grad_norm"})
+_LOG_SCALE_METRICS = frozenset({"grad_norm", "loss"})
 _LOG_RANGE_FACTOR = 4.0
 _LOG_MIN_CHANGE = math.log(_LOG_RANGE_FACTOR)
 # Gradient norms fall as a model fits its data: a GPT-2 memorising four batches saw every layer's norm fall
@@ -137,20 +137,31 @@ class StepRow:
 class Baseline:
     """A metric's normal range: warm-up values, then a rolling window of the values judged normal.
 
-    Values are kept on the metric's scale (log for gradient norms). The median and spread are recomputed
-    after every tenth of a window of new values, not at every step: a baseline moves slowly, and the judge
-    runs for every metric of every layer at every step."""
+    Gradient norms are judged on a log scale, and so is a loss while every value of it has been positive
+    (a cross-entropy or a squared error: its batch-to-batch noise is multiplicative too, and grows relative
+    to it as it falls); a loss that can be negative is judged as it is. The median and spread are
+    recomputed after every tenth of a window of new values, not at every step: a baseline moves slowly, and
+    the judge runs for every metric of every layer at every step."""
 
     def __init__(self, metric: str, warmup_steps: int, window: int) -> None:
         self.values: deque[float] = deque(maxlen=max(warmup_steps, window, 8))
         self.window = window
         self.high = -math.inf
+        self.low = math.inf
         self.floor = _ABSOLUTE_FLOOR.get(metric, 0.0)
-        self.log = metric in _LOG_SCALE_METRICS
-        self.range_factor = _LOG_RANGE_FACTOR if self.log else 2.0
+        self.metric = metric
+        self.two_sided = metric == "grad_norm"  # a loss falling is training
         self._center: tuple[float, float] | None = None
         self._stale = 0
         self._refresh = max(1, window // 10)
+
+    @property
+    def log(self) -> bool:
+        return self.metric in _LOG_SCALE_METRICS and (self.metric != "loss" or self.low > 0)
+
+    @property
+    def range_factor(self) -> float:
+        return _LOG_RANGE_FACTOR if self.log else 2.0
 
     def _scaled(self, value: float) -> float:
         return math.log(max(value, 1e-30)) if self.log else value
@@ -167,7 +178,7 @@ class Baseline:
     def center(self) -> tuple[float, float]:
         """Median and robust spread (1.4826 MAD) of the last window of values, on the metric's scale."""
         if self._center is None or self._stale >= self._refresh:
-            values = list(self.values)[-max(self.window, 8) :]
+            values = [self._scaled(v) for v in list(self.values)[-max(self.window, 8) :]]
             median = statistics.median(values)
             mad = statistics.median(abs(v - median) for v in values)
             floor = _RELATIVE_FLOOR if self.log else _RELATIVE_FLOOR * abs(median)
@@ -191,7 +202,7 @@ class Baseline:
             median, scale = self.center()
             deviation = (scaled - median) / scale
             if self.log:  # a multiplicative metric: within a factor _LOG_RANGE_FACTOR is training's own swing
-                if deviation < -sigma and median - scaled > _LOG_VANISHED:
+                if self.two_sided and deviation < -sigma and median - scaled > _LOG_VANISHED:
                     return deviation
                 beyond_sigma = deviation > sigma and scaled - median > _LOG_MIN_CHANGE
             else:
@@ -199,9 +210,12 @@ class Baseline:
             beyond_range = self.high > 0 and value > self.range_factor * self.high and value - self.high > floor
             if beyond_sigma or beyond_range:
                 return deviation
-        self.values.append(scaled)
+        self.values.append(value)
         self._stale += 1
         self.high = max(self.high, value)
+        if value <= 0 < self.low:
+            self._center = None  # a loss that can be negative: judged as it is from now on
+        self.low = min(self.low, value)
         return None
 
 
@@ -366,7 +380,8 @@ class Judge:
         baseline = self.baselines.get(("loss", None, row.rank))
         if row.loss is None or not math.isfinite(row.loss) or baseline is None or not baseline.ready():
             return False
-        return row.loss * _LOG_RANGE_FACTOR < baseline.center()[0]
+        median = baseline.center()[0]
+        return row.loss * _LOG_RANGE_FACTOR < (math.exp(median) if baseline.log else median)
 
     def _judge_value(self, step: int, metric: str, layer: str | None, value: float, rank: int | None,
                      resolution: float, converging: bool = False) -> Alert | None:
