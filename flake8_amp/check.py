@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 from operator import itemgetter
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import flake8
 from flake8 import utils
@@ -78,6 +78,13 @@ _FOREIGN_OPTIONS = frozenset(
 #: what flake8's FileChecker collects for a finding: code, line, 0-based column, text, and the physical
 #: line(s) in which a ``# noqa`` comment is looked for
 Result = tuple[str, int, int, str, Optional[str]]
+FileResult = TypeVar("FileResult")
+
+_DESCRIPTION = (
+    "Lint Python files with the AMP rules, as `flake8 --select AMP` does, without running flake8: "
+    "the same output, noqa comments, configuration files and exit codes."
+)
+_EPILOG = "Formats: default, pylint, amp, json, sarif, or a %-format string."
 
 
 class UsageError(Exception):
@@ -97,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exit:  # argparse (usage errors, --help, --version) and the amp options' checks
         return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 2)
     except ExecutionError as error:  # a malformed per-file-ignores (flake8: "a critical error", exit 1)
-        sys.stderr.write(f"{PROG}: error: {_one_line(error)}\n")
+        sys.stderr.write(f"{PROG}: error: {one_line(error)}\n")
         return 2
     try:
         results = check_files(options, lint)
@@ -110,8 +117,15 @@ def main(argv: Sequence[str]) -> int:
     return 0 if options.exit_zero else int(reported > 0)
 
 
-def parse_options(argv: Sequence[str]) -> argparse.Namespace:
-    """flake8's options, configuration and plugin options, parsed as ``flake8 --select AMP <argv>`` would."""
+def parse_options(
+    argv: Sequence[str],
+    prog: str = PROG,
+    description: str = _DESCRIPTION,
+    epilog: str | None = _EPILOG,
+    register: Callable[[OptionManager], None] | None = None,
+) -> argparse.Namespace:
+    """flake8's options, configuration and plugin options, parsed as ``flake8 --select AMP <argv>`` would;
+    ``register`` adds a command's own options (``fix``'s ``--diff``) to them."""
     preliminary = stage1_arg_parser()
     early, rest = preliminary.parse_known_args(argv)
     if early.output_file:  # as flake8 does: the formatter reads it from the full parse
@@ -120,7 +134,7 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     try:
         config, config_dir = load_config(config=early.config, extra=early.append_config, isolated=early.isolated)
     except (ExecutionError, configparser.Error) as error:
-        raise UsageError(_one_line(error)) from None
+        raise UsageError(one_line(error)) from None
 
     manager = OptionManager(
         version=f"flake8-amp {__version__}",
@@ -128,14 +142,13 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
         parents=[preliminary],
         formatter_names=list(FORMATTERS),
     )
-    manager.parser.prog = PROG
-    manager.parser.description = (
-        "Lint Python files with the AMP rules, as `flake8 --select AMP` does, without running flake8: "
-        "the same output, noqa comments, configuration files and exit codes."
-    )
-    manager.parser.epilog = "Formats: default, pylint, amp, json, sarif, or a %-format string."
+    manager.parser.prog = prog
+    manager.parser.description = description
+    manager.parser.epilog = epilog
     register_default_options(manager)
     register_options(manager)
+    if register is not None:
+        register(manager)
     manager.extend_default_select(["AMP"])  # what flake8 does for the plugin's entry point name
     for action in manager.parser._actions:
         if action.dest in _FOREIGN_OPTIONS:
@@ -170,7 +183,14 @@ def make_formatter(options: argparse.Namespace) -> BaseFormatter:
 
 def check_files(options: argparse.Namespace, lint: LintOptions) -> list[tuple[str, list[Result]]]:
     """Each file's (name, results), over ``--jobs`` processes when there are several files."""
-    filenames = tuple(
+    filenames = expanded_filenames(options)
+    return map_over_files(check_file, filenames, job_count(options), options, lint, may_select_amp(options))
+
+
+def expanded_filenames(options: argparse.Namespace) -> tuple[str, ...]:
+    """The files flake8 would check for the paths given: folders expanded, ``--exclude`` and
+    ``--filename`` applied."""
+    return tuple(
         expand_paths(
             paths=options.filenames,
             stdin_display_name=options.stdin_display_name,
@@ -178,22 +198,28 @@ def check_files(options: argparse.Namespace, lint: LintOptions) -> list[tuple[st
             exclude=(*options.exclude, *options.extend_exclude),
         )
     )
-    selected = may_select_amp(options)
-    jobs = min(len(filenames), _job_count(options))
+
+
+def map_over_files(
+    function: Callable[..., FileResult], filenames: Sequence[str], jobs: int, *state: object
+) -> list[FileResult]:
+    """``function(filename, *state)`` for every file, in ``jobs`` processes when there are several files
+    (the state goes to each worker once, not with every file; results come in any order)."""
+    jobs = min(len(filenames), jobs)
     if jobs > 1:
         try:
-            pool = multiprocessing.Pool(jobs, _start_worker, (options, lint, selected))
+            pool = multiprocessing.Pool(jobs, _start_worker, (function, state))
         except (OSError, ImportError):  # no semaphores here (as flake8, fall back to one process)
             pool = None
         if pool is not None:
             try:
-                results = list(pool.imap_unordered(_check_in_worker, filenames))
+                results = list(pool.imap_unordered(_run_in_worker, filenames))
                 pool.close()
             finally:
                 pool.terminate()
                 pool.join()
             return results
-    return [check_file(filename, options, lint, selected) for filename in filenames]
+    return [function(filename, *state) for filename in filenames]
 
 
 def check_file(
@@ -242,11 +268,11 @@ def report(
     return reported
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
-def _job_count(options: argparse.Namespace) -> int:
+def job_count(options: argparse.Namespace) -> int:
     """flake8's: one process when reading stdin, the CPUs for ``auto``, else the number given."""
     if utils.is_using_stdin(options.filenames):
         return 1
@@ -263,16 +289,17 @@ def _syntax_error_position(error: Exception) -> tuple[int, int]:
     return 1, 0
 
 
-# The worker processes of --jobs: the options travel once, to each worker, not with every file.
-_worker_state: tuple[argparse.Namespace, LintOptions, bool] | None = None
+# The worker processes of --jobs: the function and its state travel once, to each worker, not with every file.
+_worker_state: tuple[Callable, tuple] | None = None
 
 
-def _start_worker(options: argparse.Namespace, lint: LintOptions, selected: bool) -> None:
+def _start_worker(function: Callable, state: tuple) -> None:
     global _worker_state
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the parent's to handle, as in flake8
-    _worker_state = (options, lint, selected)
+    _worker_state = (function, state)
 
 
-def _check_in_worker(filename: str) -> tuple[str, list[Result]]:
+def _run_in_worker(filename: str) -> object:
     assert _worker_state is not None
-    return check_file(filename, *_worker_state)
+    function, state = _worker_state
+    return function(filename, *state)

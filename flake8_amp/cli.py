@@ -2,6 +2,8 @@
 
 ``flake8-amp check src/ [--format default|amp|json|sarif] [flake8's options]``   lint as ``flake8 --select AMP``
                                 does, without flake8: its output, noqa, configuration and exit codes
+``flake8-amp fix src/ [--diff] [--check] [--unsafe-fixes] [--min-torch 2.1]``   apply the rules' automatic
+                                fixes to what ``check`` reports (noqa and configuration included)
 ``flake8-amp explain AMP003``   print a rule's doc (or a topic page: ``explain numerical-issues``)
 ``flake8-amp rules [--json]``   the rule table
 ``flake8-amp formats [--json]`` float-format limits; ``flake8-amp bits 12345.67 --format fp16``
@@ -16,7 +18,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .rule_docs import read_doc, status
+from .rule_docs import fix_mark, read_doc, status
 from .rules import ALL_RULES
 
 
@@ -40,6 +42,7 @@ def list_rules(args: argparse.Namespace) -> int:
             "symbol": rule.symbol,
             "summary": rule.summary,
             "default_enabled": rule.default_enabled,
+            "fix": fix_mark(rule) or None,
         }
         for rule in ALL_RULES
     ]
@@ -63,13 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flake8-amp {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    # Listed for --help only: main() hands everything after "check" to flake8_amp.check, whose parser is
-    # flake8's (every flake8 option, and its own --help).
+    # Listed for --help only: main() hands everything after "check" to flake8_amp.check and after "fix" to
+    # flake8_amp.fixes.command, whose parsers are flake8's (every flake8 option, and their own --help).
     subparsers.add_parser(
         "check",
         add_help=False,
         help="lint files as `flake8 --select AMP` does, without flake8: same output, noqa, config, exit codes; "
         "--format default|amp|json|sarif (see check --help)",
+    )
+
+    subparsers.add_parser(
+        "fix",
+        add_help=False,
+        help="apply the rules' automatic fixes in place to what `check` reports (noqa, config and flake8's "
+        "options included); --diff, --check, --unsafe-fixes, --min-torch (see fix --help)",
     )
 
     explain_parser = subparsers.add_parser("explain", help="print a rule's doc (e.g. AMP003)")
@@ -93,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import main as check  # flake8's machinery, loaded only for this command
 
         return check(argv[1:])
+    if argv[:1] == ["fix"]:
+        from .fixes.command import main as fix  # flake8's machinery too, and ast-grep
+
+        return fix(argv[1:])
     # Everything after "--" belongs to the script that `verify` runs, flags included.
     script_args: list[str] = []
     if "--" in argv:

@@ -46,8 +46,26 @@ def lint_tree(
     A rule that fails on a file must not take the other rules' findings down with it: its failure
     becomes an AMP000 finding that says which rule broke, so it gets reported instead of hidden.
     """
+    with analysed(tree, options, rules, path) as (_, findings):
+        return [finding.detached() for finding in findings]
+
+
+@contextmanager
+def analysed(
+    tree: ast.Module,
+    options: LintOptions = LintOptions(),
+    rules: Sequence[Rule] = ALL_RULES,
+    path: str | None = None,
+) -> Iterator[tuple[ModuleAnalysis, list[Finding]]]:
+    """The module's analysis and its findings with their nodes, for as long as the block runs: what
+    ``flake8-amp fix`` needs, as a fix edits the source at a finding's node and asks the analysis again.
+    The analysis is released when the block ends (see :meth:`ModuleAnalysis.release`)."""
     with _collector_paused():
-        return _lint(tree, options, rules, path)
+        analysis = _analysis(tree, options, path)
+        try:
+            yield analysis, _findings(analysis, options, rules)
+        finally:
+            analysis.release()
 
 
 @contextmanager
@@ -69,9 +87,12 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _lint(tree: ast.Module, options: LintOptions, rules: Sequence[Rule], path: str | None) -> list[Finding]:
+def _analysis(tree: ast.Module, options: LintOptions, path: str | None) -> ModuleAnalysis:
     project = ProjectIndex.for_file(path) if options.project_index and path else None
-    analysis = ModuleAnalysis(tree, precision=options.precision, path=path, project=project)
+    return ModuleAnalysis(tree, precision=options.precision, path=path, project=project)
+
+
+def _findings(analysis: ModuleAnalysis, options: LintOptions, rules: Sequence[Rule]) -> list[Finding]:
     findings: list[Finding] = []
     policy = None
     for rule in rules:
@@ -83,7 +104,7 @@ def _lint(tree: ast.Module, options: LintOptions, rules: Sequence[Rule], path: s
             for finding in rule.check(analysis):
                 policy = policy or analysis.derived(ExemptionPolicy)
                 if finding.node is None or policy.exemption(finding.node, rule) is None:
-                    findings.append(finding.detached())
+                    findings.append(finding)
         except Exception as exc:  # noqa: BLE001 - reported as a finding, see docstring
             findings.append(
                 Finding(
@@ -94,7 +115,6 @@ def _lint(tree: ast.Module, options: LintOptions, rules: Sequence[Rule], path: s
                     fix="please report it with this file; the other rules ran",
                 )
             )
-    analysis.release()
     findings.sort(key=lambda f: (f.line, f.col, f.code))
     return findings
 

@@ -1,4 +1,4 @@
-"""Running the two front ends the way users do: flake8 as a subprocess, pylint in-process."""
+"""Running the front ends the way users do: flake8 as a subprocess, pylint and the flake8-amp command in-process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple
 
-from pylint.lint import Run
+from pylint.lint import Run as PylintRun
 from pylint.message import Message
 from pylint.reporters import CollectingReporter
 
@@ -19,6 +19,28 @@ FLAKE8_LINE = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<code>[
 
 #: (file name, line, 0-based column, code)
 Finding = tuple[str, int, int, str]
+
+
+class Run(NamedTuple):
+    """A command's exit status and what it printed."""
+
+    status: int
+    out: str
+    err: str
+
+
+def cli_runner(command: str, monkeypatch, capsys) -> Callable[..., Run]:
+    """``flake8-amp <command> ARGS`` in-process, from ``cwd`` (pytest's monkeypatch and capsys fixtures)."""
+    from flake8_amp.cli import main
+
+    def run(*args: object, cwd: Path) -> Run:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        status = main([command, *map(str, args)])
+        out, err = capsys.readouterr()
+        return Run(status, out, err)
+
+    return run
 
 
 def run_flake8(paths: Iterable[Path], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -47,7 +69,7 @@ def run_pylint(paths: Iterable[Path], *args: str, only_amp: bool = True) -> list
     # the amp checker reads the module's text and never looks at astroid's inference.
     argv = ["--load-plugins=pylint_amp", "--persistent=n", "--ignored-modules=torch", *selection, *args]
     argv += map(str, paths)
-    Run(argv, reporter=reporter, exit=False)
+    PylintRun(argv, reporter=reporter, exit=False)
     return reporter.messages
 
 

@@ -10,14 +10,12 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import NamedTuple
-
 import pytest
 
 from expectations import FIXTURE_FILES, PROJECT_FOLDERS, copied, copy_project, fixture_arguments
 from flake8_amp.cli import main as cli_main
 from flake8_amp.rule_docs import doc_url
-from linter_runs import run_flake8
+from linter_runs import Run, cli_runner, run_flake8
 
 # AMP013 (stable, LOW) at line 2, column 10 (0-based); AMP010 (stable, HIGH) at line 6
 DEPRECATED = "import torch\nscaler = torch.cuda.amp.GradScaler()\n"
@@ -29,24 +27,10 @@ HAZARD = (
 FP16_RANGE = FIXTURE_FILES[0].parent / "amp008_fp16_vanishing_epsilon.py"
 
 
-class Run(NamedTuple):
-    status: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def run_check(monkeypatch, capsys):
     """``flake8-amp check ARGS`` in-process, from ``cwd``."""
-
-    def run(*args: object, cwd: Path) -> Run:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        status = cli_main(["check", *map(str, args)])
-        out, err = capsys.readouterr()
-        return Run(status, out, err)
-
-    return run
+    return cli_runner("check", monkeypatch, capsys)
 
 
 def same_as_flake8(run_check, *args: object, cwd: Path) -> Run:

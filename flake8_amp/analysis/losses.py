@@ -13,6 +13,7 @@ from .torch_api import LOSS_FUNCTIONS
 _LOSS_CALLABLE_NAME = re.compile(r"^(criterion|loss|loss_?fn|loss_?func(tion)?|loss_?fct|.+_loss|.+_criterion)$", re.I)
 # Names of loss definitions: `def focal_loss(...)`, `class DiceLoss(nn.Module)`, `class SSIMCriterion`.
 _LOSS_DEFINITION_NAME = re.compile(r"(^|_)loss$|Loss$|Criterion$|(^|_)criterion$")
+SIGMOID_FUNCTIONS = frozenset({"torch.sigmoid", "torch.nn.functional.sigmoid", "torch.special.expit"})
 
 
 def is_loss_call(call: ast.Call, analysis: ModuleAnalysis) -> bool:
@@ -47,3 +48,17 @@ def _orchestration(name: str) -> bool:
 
 def _is_torch_loss_class(qualified: str) -> bool:
     return qualified.startswith("torch.nn.") and qualified.endswith("Loss")
+
+
+def sigmoid_input(node: ast.AST, analysis: ModuleAnalysis) -> ast.expr | None:
+    """The logits ``x`` of ``torch.sigmoid(x)``, ``F.sigmoid(x)``, ``torch.special.expit(x)`` or
+    ``x.sigmoid()`` when the call passes nothing else (an ``out=`` would be lost in a rewrite), else None."""
+    if not isinstance(node, ast.Call) or node.keywords:
+        return None
+    func = node.func
+    qualified = analysis.resolve(func)
+    if qualified in SIGMOID_FUNCTIONS:
+        return node.args[0] if len(node.args) == 1 and not isinstance(node.args[0], ast.Starred) else None
+    if qualified is None and isinstance(func, ast.Attribute) and func.attr == "sigmoid" and not node.args:
+        return func.value
+    return None

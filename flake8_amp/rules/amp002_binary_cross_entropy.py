@@ -6,13 +6,18 @@ import ast
 import math
 import re
 from dataclasses import replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.bindings import Bindings
+from ..analysis.losses import sigmoid_input
 from ..analysis.module_analysis import ModuleAnalysis, binding_key
 from ..analysis.summaries import Summaries
+from ..fixes.edits import Edit, Fix, FixSafety
 from ..runtime.evidence import LineEvidence, Outcome, Probe, RunEvidence, Verdict, crashed_here, fmt
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 _UNSAFE = {
     "torch.nn.functional.binary_cross_entropy": "binary_cross_entropy",
@@ -38,6 +43,25 @@ class BinaryCrossEntropy(Rule):
     fix = "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on logits"
 
     probes = frozenset({Probe.SATURATION})
+
+    fix_safety = FixSafety.UNSAFE
+    fix_summary = (
+        "replaces `BCELoss` with `BCEWithLogitsLoss` (`binary_cross_entropy` with "
+        "`binary_cross_entropy_with_logits`) and hands it the logits the sigmoid was applied to: "
+        "`criterion(torch.sigmoid(x), y)` becomes "
+        "`criterion(x, y)`; a probability bound to a name (`probs = torch.sigmoid(x)`) and read only by the "
+        "loss is bound to the logits instead, renamed `logits` (from `probs`) where that name is free."
+    )
+    fix_safety_reason = (
+        "The loss is the same function, computed stably in float32, but its values differ where the "
+        "sigmoid saturated (BCELoss clamps its log at -100, the fused loss does not), so the training does "
+        "too. Only where the sigmoid feeds nothing but the loss: a `BCELoss` instance whose every use is a "
+        "call given a sigmoid, and a sigmoid's result read by that call alone."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        edits = _logits_loss_edits(finding.node, module)
+        return Fix(tuple(edits), FixSafety.UNSAFE) if edits else None
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # The error CUDA autocast raises; on CPU (which runs it in float32) float16 probabilities that
@@ -154,3 +178,96 @@ def _bound_keys(construction: ast.Call, analysis: ModuleAnalysis) -> list[str]:
         targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
         return [key for target in targets if (key := binding_key(target))]
     return []
+
+
+# ---------------------------------------------------------------------------------------------- the fix
+_WITH_LOGITS = {
+    "binary_cross_entropy": "torch.nn.functional.binary_cross_entropy_with_logits",
+    "BCELoss": "torch.nn.BCEWithLogitsLoss",
+}
+
+
+def _logits_loss_edits(node: ast.AST, module: "FixableModule") -> list[Edit] | None:
+    """The loss reference renamed to its with-logits twin, and every call of it given the logits instead
+    of their sigmoid; None where some use of it cannot be rewritten so."""
+    analysis = module.analysis
+    short = _UNSAFE.get(analysis.resolve(node) or "")
+    construction = analysis.parents.get(node)
+    if short is None or not (isinstance(construction, ast.Call) and construction.func is node):
+        return None  # handed elsewhere (`loss_fn=F.binary_cross_entropy`): its calls are not here to fix
+    if isinstance(node, ast.Attribute):
+        renamed = f"{module.source(node.value)}.{_WITH_LOGITS[short].rpartition('.')[2]}"
+    else:
+        renamed = module.spelling(_WITH_LOGITS[short])
+    if renamed is None:
+        return None
+    edits = [module.replace(node, renamed)]
+    if short == "binary_cross_entropy":
+        calls = [construction]
+    else:
+        calls = _instance_calls(construction, analysis)
+    for call in calls or []:
+        logits = _logits_edits(call, module)
+        if logits is None:
+            return None
+        edits += logits
+    return edits if calls else None
+
+
+def _instance_calls(construction: ast.Call, analysis: ModuleAnalysis) -> list[ast.Call] | None:
+    """The calls of a ``BCELoss()`` instance: ``nn.BCELoss()(p, y)``, or every read of the name it is bound
+    to, each a call, reached by that binding alone; None when any is not."""
+    holder = analysis.parents.get(construction)
+    if isinstance(holder, ast.Call) and holder.func is construction:
+        return [holder]
+    statement = analysis.parents.get(construction)
+    if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1 and statement.value is construction):
+        return None
+    bindings = analysis.derived(Bindings)
+    calls = []
+    for binding in bindings.made_by(statement):
+        for read in bindings.reads_reached_by(binding):
+            call = analysis.parents.get(read)
+            if not (isinstance(call, ast.Call) and call.func is read) or bindings.reaching(read) != [binding]:
+                return None
+            calls.append(call)
+    return calls or None
+
+
+def _logits_edits(call: ast.Call, module: "FixableModule") -> list[Edit] | None:
+    """The loss call's first argument made the logits: ``sigmoid(x)`` written there, or a name bound to one
+    and read by this call alone (renamed ``logits`` from ``probs`` where that name is free)."""
+    analysis = module.analysis
+    if not call.args:
+        return None
+    argument = call.args[0]
+    logits = sigmoid_input(argument, analysis)
+    if logits is not None:
+        return [module.replace(argument, module.source(logits))]
+    if not isinstance(argument, ast.Name):
+        return None
+    bindings = analysis.derived(Bindings)
+    reaching = bindings.reaching(argument)
+    if len(reaching) != 1 or bindings.reads_reached_by(reaching[0]) != [argument]:
+        return None
+    statement = reaching[0].statement
+    logits = sigmoid_input(reaching[0].value, analysis) if reaching[0].value is not None else None
+    if logits is None or not (isinstance(statement, ast.Assign) and len(statement.targets) == 1):
+        return None
+    target = statement.targets[0]
+    if not isinstance(target, ast.Name):
+        return None
+    name = _logits_name(target.id, bindings.scope_of(statement), analysis)
+    value = module.replace(reaching[0].value, module.source(logits))
+    return [module.replace(target, name), value, module.replace(argument, name)]
+
+
+def _logits_name(name: str, scope: ast.AST | None, analysis: ModuleAnalysis) -> str:
+    """``probs`` -> ``logits``, ``pred_prob`` -> ``pred_logit``, where the new name is unused in the scope;
+    else the name as it is."""
+    renamed = re.sub(r"prob(?=s?$|s?_)", "logit", name)
+    if renamed == name:
+        return name
+    bindings = analysis.derived(Bindings)
+    used = bindings.reads_of(renamed) or any(b.scope is scope for b in bindings.bindings_of(renamed))
+    return name if used else renamed

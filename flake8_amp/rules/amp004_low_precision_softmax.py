@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.dtypes import cast_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.source_text import excerpt
+from ..fixes.edits import Fix, FixSafety
 from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 _SOFTMAX_NAMES = frozenset({"softmax", "log_softmax", "softmin"})
 _SOFTMAX_FUNCTIONS = frozenset(
@@ -59,6 +63,22 @@ class LowPrecisionSoftmax(Rule):
 
     probes = frozenset({Probe.RECOMPUTE})
 
+    fix_safety = FixSafety.SAFE
+    fix_summary = "adds `dtype=torch.float32` to the call."
+    fix_safety_reason = (
+        "That holds inside an enabled autocast region: the result becomes float32 where it was bfloat16 "
+        "or float16, and autocast casts it again for the low-precision ops that follow (matmul, linear). "
+        "Elsewhere (after a cast, inside `autocast(enabled=False)`) the fix is unsafe: a float32 result meeting a "
+        "float16 tensor in a matmul there raises a dtype error that the original did not."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        edit = module.float32_dtype_argument(finding.node)
+        if edit is None:
+            return None
+        safe = module.analysis.context(finding.node).in_enabled_autocast
+        return Fix((edit,), FixSafety.SAFE if safe else FixSafety.UNSAFE)
+
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         return judge_numeric(evidence, SOFTMAX_OPS)
 
@@ -88,3 +108,4 @@ class LowPrecisionSoftmax(Rule):
 
 def _is_full_precision_cast(node: ast.AST, analysis: ModuleAnalysis) -> bool:
     return isinstance(node, ast.Call) and cast_dtype(node, analysis.resolve) in ("float32", "float64")
+

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.dtypes import literal_dtype
 from ..analysis.low_precision import LowPrecisionFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..analysis.source_text import as_operand, excerpt
+from ..fixes.edits import Edit, Fix, FixSafety
 from ..runtime.evidence import LineEvidence, RunEvidence, Probe, Verdict, judge_numeric
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 _REDUCTIONS = frozenset({"sum", "mean", "var", "std", "norm", "prod", "cumsum", "cumprod", "nansum", "nanmean"})
 # torch's reductions accumulate float16 in float32 (CPU and CUDA alike); what overflows is a result
@@ -48,6 +52,41 @@ class LowPrecisionReduction(Rule):
     fix = "pass dtype=torch.float32, or .float() the tensor first"
 
     probes = frozenset({Probe.RECOMPUTE})
+
+    fix_safety = FixSafety.SAFE
+    fix_summary = (
+        "adds `dtype=torch.float32` to the reduction (`x.sum()` becomes `x.sum(dtype=torch.float32)`), casts "
+        "first where it takes no dtype (`x.var()` becomes `x.float().var()`), and makes a float16 `dtype=` "
+        "float32."
+    )
+    fix_safety_reason = (
+        "That holds for a reduction over every element: its result is a 0-dimensional tensor, which does "
+        "not change the dtype of the tensors it meets (`x16 * total` stays float16), and only gains precision. "
+        "The fix is unsafe for a reduction along a dimension (`dim=`, `cumsum`): its float32 result meeting a "
+        "float16 tensor in a "
+        "matmul raises a dtype error that the original did not."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        node = finding.node
+        call = module.analysis.parents.get(node) if isinstance(module.analysis.parents.get(node), ast.keyword) else node
+        if call is not node:  # dtype=torch.float16: the keyword's value made float32
+            reduction = module.analysis.parents[call]
+            float32 = module.spelling("torch.float32")
+            safety = FixSafety.SAFE if _reduces_every_element(reduction, module.analysis) else FixSafety.UNSAFE
+            return Fix((module.replace(node, float32),), safety) if float32 else None
+        found = reduction_call(node, module.analysis)
+        if found is None:
+            return None
+        name, value = found
+        safety = FixSafety.SAFE if _reduces_every_element(node, module.analysis) else FixSafety.UNSAFE
+        if name not in _NO_DTYPE_PARAMETER:
+            edit = module.float32_dtype_argument(node)
+            return Fix((edit,), safety) if edit is not None else None
+        start, end = module.start(value), module.end(value)
+        if isinstance(value, (ast.Name, ast.Attribute, ast.Subscript, ast.Call)):
+            return Fix((Edit(end, end, ".float()"),), safety)
+        return Fix((Edit(start, start, "("), Edit(end, end, ").float()")), safety)
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # the reduction against float32 (not the other ops of the line): an overflowed or
@@ -120,3 +159,11 @@ def _only_reported(call: ast.Call, analysis: ModuleAnalysis) -> bool:
             return True
         node, parent = parent, parents.get(parent)
     return isinstance(parent, ast.Call) and node is not parent.func and bool(_REPORTING_CALL.match(call_name(parent) or ""))
+
+
+def _reduces_every_element(call: ast.Call, analysis: ModuleAnalysis) -> bool:
+    """``x.sum()``, ``torch.sum(x)``, ``x.norm(dtype=...)``: no dimension given, a 0-dimensional result."""
+    if any(kw.arg in ("dim", "axis", None) for kw in call.keywords) or call_name(call) in ("cumsum", "cumprod"):
+        return False
+    function_form = analysis.resolve(call.func) is not None
+    return len(call.args) == (1 if function_form else 0)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.bindings import Bindings
 from ..analysis.constants import provably_nonpositive
 from ..analysis.fp16_values import Fp16Values
+from ..analysis.losses import sigmoid_input
 from ..analysis.module_analysis import ModuleAnalysis, call_name
+from ..fixes.edits import Fix, FixSafety
 from ..runtime.evidence import LineEvidence, Outcome, RunEvidence, Probe, Verdict, fmt, judge_numeric
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 _MAX_NAMES = ("max", "amax", "logsumexp")
 #: where exp overflows: the largest finite value of each format
@@ -43,6 +48,25 @@ class UnstableSoftmaxOrLog(Rule):
     fix = "use torch.softmax / torch.log_softmax / F.logsigmoid, which are stable in every precision"
 
     probes = frozenset({Probe.RECOMPUTE})
+
+    fix_safety = FixSafety.SAFE
+    fix_summary = (
+        "rewrites `log(softmax(x, dim))` to `log_softmax(x, dim)` (in the softmax's own spelling: "
+        "`F.log_softmax`, `torch.log_softmax`, `x.log_softmax`), `log(sigmoid(x))` to `F.logsigmoid(x)`, and "
+        "`exp(x) / exp(x).sum(dim, keepdim=True)` to `torch.softmax(x, dim=dim)`."
+    )
+    fix_safety_reason = (
+        "Each replacement computes the same function in the input's dtype, and differs only where the "
+        "original overflowed or underflowed (inf, NaN, -inf), where it gives the finite value. Only the "
+        "nested form is fixed: a probability bound to a name first (`p = F.softmax(x)` ... `p.log()`) may "
+        "be used elsewhere, an `nn.Softmax` / `nn.Sigmoid` instance may be replaced, and an exponent with a "
+        "call in it (`exp(f(x))`) ran twice."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        node = finding.node
+        text = _stable_softmax(node, module) if isinstance(node, ast.BinOp) else _stable_log(node, module)
+        return Fix((module.replace(node, text),)) if text is not None else None
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # exp overflowing to inf (inf / inf is NaN), log of an underflowed 0 (-inf), or the low-precision
@@ -261,3 +285,65 @@ def _mentions_max(node: ast.AST) -> bool:
         if name and any(marker in name.lower() for marker in _MAX_NAMES):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------- the fix
+_SOFTMAX_FUNCTIONS = frozenset({"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"})
+
+
+def _single_subject(call: ast.AST, analysis: ModuleAnalysis) -> ast.AST | None:
+    """The tensor of ``torch.op(x)`` / ``x.op()`` when the call passes nothing else (no ``out=``)."""
+    if not isinstance(call, ast.Call) or call.keywords:
+        return None
+    func = call.func
+    if isinstance(func, ast.Attribute) and analysis.resolve(func) is None:
+        return None if call.args or _instance_op(func, analysis) else func.value
+    return call.args[0] if len(call.args) == 1 else None
+
+
+def _stable_log(call: ast.Call, module: "FixableModule") -> str | None:
+    """``log(softmax(x, dim))`` as ``log_softmax(x, dim)``; ``log(sigmoid(x))`` as ``F.logsigmoid(x)``."""
+    analysis = module.analysis
+    inner = _single_subject(call, analysis)
+    if not isinstance(inner, ast.Call):
+        return None  # through a name: the probability may be used elsewhere
+    logits = sigmoid_input(inner, analysis)
+    if logits is not None:
+        logsigmoid = module.spelling("torch.nn.functional.logsigmoid")
+        return f"{logsigmoid}({module.source(logits)})" if logsigmoid else None
+    func = inner.func
+    qualified = analysis.resolve(func)
+    method = isinstance(func, ast.Attribute) and qualified is None and not _instance_op(func, analysis)
+    if not (method and func.attr == "softmax" or qualified in _SOFTMAX_FUNCTIONS):  # type: ignore[union-attr]
+        return None
+    if isinstance(func, ast.Attribute):
+        renamed = f"{module.source(func.value)}.log_softmax"
+    else:
+        renamed = module.spelling(qualified.replace("softmax", "log_softmax"))  # type: ignore[union-attr]
+    return None if renamed is None else renamed + module.text[module.end(func) : module.end(inner)]
+
+
+def _stable_softmax(division: ast.BinOp, module: "FixableModule") -> str | None:
+    """``exp(x) / exp(x).sum(dim, keepdim=True)`` (or ``torch.sum(exp(x), dim, keepdim=True)``) as
+    ``torch.softmax(x, dim=dim)``, where ``x`` is written the same in both and calls nothing."""
+    analysis = module.analysis
+    subject = _single_subject(division.left, analysis) if _op(division.left, analysis) == "exp" else None
+    total = division.right
+    if subject is None or any(isinstance(node, ast.Call) for node in ast.walk(subject)):
+        return None
+    if not isinstance(total, ast.Call) or _op(total, analysis) != "sum":
+        return None
+    function_form = analysis.resolve(total.func) is not None
+    summed = total.args[0] if function_form and total.args else getattr(total.func, "value", None)
+    rest = total.args[1:] if function_form else total.args
+    keywords = {kw.arg: kw.value for kw in total.keywords}
+    dim = rest[0] if rest else keywords.get("dim")
+    keepdim = rest[1] if len(rest) > 1 else keywords.get("keepdim")
+    if len(rest) > 2 or set(keywords) - {"dim", "keepdim"} or dim is None:
+        return None
+    if not (isinstance(keepdim, ast.Constant) and keepdim.value is True):
+        return None  # without keepdim the division broadcasts along another dimension
+    if _op(summed, analysis) != "exp" or ast.dump(_single_subject(summed, analysis) or division) != ast.dump(subject):
+        return None
+    softmax = module.spelling("torch.softmax")
+    return f"{softmax}({module.source(subject)}, dim={module.source(dim)})" if softmax else None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import ast
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.training_calls import CLIP, SCALED_BACKWARD, SCALER_STEP, UNSCALE, TrainingCalls
+from ..fixes.edits import Fix, FixSafety
 from ..runtime.evidence import ClipRecord, LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from ..analysis.source_text import excerpt
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 
 class ClipBeforeUnscale(Rule):
@@ -20,6 +25,44 @@ class ClipBeforeUnscale(Rule):
     why = "the gradients are still multiplied by the loss scale (65536 by default): the clip threshold means nothing"
     fix = "call scaler.unscale_(optimizer) before clipping"
     training_only = True
+
+    fix_safety = FixSafety.SAFE
+    fix_summary = (
+        "inserts `scaler.unscale_(optimizer)` on the line before the clip, with the scaler and optimizer of "
+        "the `scaler.step(optimizer)` that follows the clip in the same block."
+    )
+    fix_safety_reason = (
+        "The clip then compares the real gradient norm with `max_norm`, as its arguments say, and "
+        "`scaler.step` skips its own unscale. Not fixed where the step is not in the clip's block (a step "
+        "under `if (i + 1) % accumulation == 0:` after a clip on every micro-batch needs the clip moved "
+        "under that condition too), or where several optimizers step after it."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        analysis = module.analysis
+        clip = analysis.statement_of(finding.node)
+        block = _block_of(clip, analysis)
+        training = analysis.derived(TrainingCalls)
+        steps = [
+            event.call
+            for event in training.events(analysis.context(finding.node).function)
+            if event.kind == SCALER_STEP and event.position > (clip.lineno, clip.col_offset)
+            and analysis.statement_of(event.call) in block[block.index(clip) + 1 :]
+        ]
+        optimizers = {module.source(call.args[0]) for call in steps if call.args}
+        if len(steps) < 1 or len(optimizers) != 1 or not isinstance(steps[0].func, ast.Attribute):
+            return None
+        scaler = module.source(steps[0].func.value)
+        # Clips one after the other (by norm, then by value) need one unscale_, before the first: a second
+        # unscale_ before the step raises. Each of their findings gets the same edit.
+        flagged = {analysis.statement_of(f.node) for f in module.findings if f.code == self.code and f.node is not None}
+        first = clip
+        for earlier in reversed(block[: block.index(clip)]):
+            if earlier not in flagged:
+                break
+            first = earlier
+        edit = module.insert_statement_before(first, f"{scaler}.unscale_({optimizers.pop()})")
+        return Fix((edit,)) if edit is not None else None
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # A clip while the gradients still carry the loss scale compares scale x norm with max_norm:
@@ -90,3 +133,13 @@ def _norms(clip: ClipRecord) -> tuple[float, float]:
     """The total norm the clip saw on scaled gradients, and the one it would have seen on unscaled ones."""
     norm = clip.total_norm or 0.0
     return norm, norm / clip.scale if clip.scale else norm
+
+
+def _block_of(statement: ast.stmt, analysis: ModuleAnalysis) -> list[ast.stmt]:
+    """The statement list that holds ``statement`` (a body, an ``else:``, a handler's body)."""
+    parent = analysis.parents.get(statement)
+    for field in ("body", "orelse", "finalbody", "handlers"):
+        block = getattr(parent, field, None)
+        if isinstance(block, list) and statement in block:
+            return block
+    return [statement]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
 from ..analysis.summaries import Summaries
 from ..analysis.training_calls import AUTOGRAD_ENTRY_POINTS, TrainingCalls
+from ..fixes.edits import Edit, Fix, FixSafety
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 
 class BackwardInsideAutocast(Rule):
@@ -21,6 +25,35 @@ class BackwardInsideAutocast(Rule):
     why = "backward ops run in the dtype their forward ops chose; autocast around backward only adds casts and surprises"
     fix = "end the autocast block after the loss and call backward outside it"
     training_only = True
+
+    fix_safety = FixSafety.SAFE
+    fix_summary = (
+        "moves the backward statement out of the `with` block, to just after it, where it is the block's "
+        "last statement."
+    )
+    fix_safety_reason = (
+        "Backward ops run in the dtypes their forward ops chose whatever the autocast state, so the "
+        "gradients are the same; only the casts autocast would add around a custom backward go. Not fixed "
+        "where other statements follow it in the block, where the `with` opens other contexts too, or in a "
+        "function decorated with autocast."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        analysis = module.analysis
+        statement = analysis.statement_of(finding.node)
+        block = analysis.parents.get(statement)
+        region = analysis.context(finding.node).innermost_region
+        if (
+            not isinstance(block, ast.With)
+            or region is None
+            or region.node is not block
+            or len(block.items) != 1
+            or block.body[-1] is not statement
+            or len(block.body) < 2
+            or analysis.context(block).in_enabled_autocast  # still inside an outer region after the move
+        ):
+            return None
+        return _dedented(statement, block, module)
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # Backward ops run under the autocast of the call: a custom backward (or an op in it) that meets an
@@ -67,3 +100,22 @@ _DTYPE_WORDS = ("dtype", "scalar type", "Half", "BFloat16", "Float", "Double")
 
 def _is_dtype_error(message: str) -> bool:
     return any(word in message for word in _DTYPE_WORDS)
+
+
+def _dedented(statement: ast.stmt, block: ast.With, module: "FixableModule") -> Fix | None:
+    """``statement``, the last of ``block``'s body, at the indentation of ``block``: after the block."""
+    inner, outer = module.indentation(statement), module.indentation(block)
+    if inner is None or outer is None or not inner.startswith(outer) or inner == outer:
+        return None
+    if any(
+        isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno != node.lineno  # type: ignore[attr-defined]
+        for node in ast.walk(statement)
+    ):
+        return None  # a string spanning lines: its continuation lines are not indentation
+    depth = len(inner) - len(outer)
+    edits = []
+    for line in range(statement.lineno, statement.end_lineno + 1):  # type: ignore[operator]
+        start = module.offset(line, 0)
+        if module.text[start : start + depth].strip() == "" and len(module.text[start : start + depth]) == depth:
+            edits.append(Edit(start, start + depth, ""))
+    return Fix(tuple(edits))

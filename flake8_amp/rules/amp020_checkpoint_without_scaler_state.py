@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
-from typing import Iterator
+import re
+from typing import TYPE_CHECKING, Iterator
 
+from ..analysis.bindings import Bindings, parameter_names
 from ..analysis.checkpoints import checkpoint_states
 from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis, call_name
@@ -12,8 +14,12 @@ from ..analysis.source_text import excerpt
 from ..analysis.summaries import LOCAL, SCALER_CLASS_NAMES, Summaries
 from ..analysis.torch_api import GRAD_SCALER_OWNERS
 from ..analysis.training_calls import TrainingCalls
+from ..fixes.edits import Edit, Fix, FixSafety
 from ..runtime.evidence import LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from .base import Finding, Rule, Severity
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 
 class CheckpointWithoutScalerState(Rule):
@@ -23,6 +29,29 @@ class CheckpointWithoutScalerState(Rule):
     summary = "A checkpoint (torch.save, a state_dict()) with an optimizer's state but not the GradScaler's"
     why = "a resumed run restarts the loss scale at 65536 and skips steps until it has shrunk again"
     fix = "save scaler.state_dict() with the optimizer's and load it on resume"
+
+    fix_safety = FixSafety.SAFE
+    fix_summary = (
+        "adds `\"scaler\": scaler.state_dict()` after the optimizer's entry of the checkpoint dict (written in "
+        "the `torch.save` call, bound to a name just before it, or returned by `state_dict()`), naming the "
+        "GradScaler in scope there: a parameter or local, a module-level name, or `self.<attribute>`."
+    )
+    fix_safety_reason = (
+        "The checkpoint gains a key, and code that reads a checkpoint reads its keys by name. The resume "
+        "side is left to you: `scaler.load_state_dict(checkpoint[\"scaler\"])`. Not fixed where no single "
+        "GradScaler is in scope, or where the checkpoint is not a dict written there (a helper's result, an "
+        "inherited `state_dict()`)."
+    )
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        analysis = module.analysis
+        node = finding.node
+        checkpoint = _checkpoint_dict(node, analysis)
+        index = _optimizer_entry(checkpoint, analysis) if checkpoint is not None else None
+        scaler = _scaler_in_scope(checkpoint, analysis) if checkpoint is not None and index is not None else None
+        if checkpoint is None or index is None or scaler is None:
+            return None
+        return Fix((_with_scaler_entry(checkpoint, index, f"{scaler}.state_dict()", module),))
 
     def verify(self, evidence: LineEvidence, run: RunEvidence) -> Verdict:
         # A resume from this checkpoint restarts the loss scale at its initial value: confirmed when a save
@@ -156,3 +185,87 @@ def _saves(analysis: ModuleAnalysis, helpers: bool) -> list[tuple[ast.Call, ast.
             if position < len(call.args):
                 found.append((call, call.args[position]))
     return found
+
+
+# ---------------------------------------------------------------------------------------------- the fix
+def _checkpoint_dict(node: ast.AST, analysis: ModuleAnalysis) -> ast.Dict | None:
+    """The dict literal the finding's checkpoint is: ``torch.save({...}, path)``, ``ckpt = {...}`` saved in
+    the same function, or what a ``state_dict()`` method returns."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        returns = [n for n in ast.walk(node) if isinstance(n, ast.Return)]
+        value = returns[0].value if len(returns) == 1 else None
+        return value if isinstance(value, ast.Dict) else None
+    if not isinstance(node, ast.Call) or analysis.resolve(node.func) != "torch.save" or not node.args:
+        return None
+    saved = node.args[0]
+    if isinstance(saved, ast.Name):
+        values = analysis.derived(Bindings).reaching_values(saved)
+        saved = values[0] if len(values) == 1 else saved
+    return saved if isinstance(saved, ast.Dict) else None
+
+
+def _scaler_in_scope(node: ast.AST, analysis: ModuleAnalysis) -> str | None:
+    """The expression holding the GradScaler that code at ``node`` (the checkpoint dict) trains with,
+    nearest first: the ``self.<attribute>`` its class binds, else a parameter or local of its function,
+    else a module-level name it does not shadow (bound before it, at the top level); None where the nearest
+    kind has none or several."""
+    function = analysis.context(node).function
+    bindings = analysis.derived(Bindings)
+    node_position = (node.lineno, 0)  # type: ignore[attr-defined]
+    owned, local, module_level = set(), set(), set()
+    for text in analysis.derived(TrainingCalls).scalers:
+        found = bindings.bindings_of(text)
+        if text.startswith("self."):
+            if function is not None and _method_of_class_binding(function, text, bindings, analysis):
+                owned.add(text)
+        elif not text.isidentifier():
+            continue
+        elif function is not None and (text in parameter_names(function) or any(b.scope is function for b in found)):
+            local.add(text)
+        elif any(b.scope is None and (function is not None or b.position < node_position) for b in found):
+            module_level.add(text)
+    nearest = next((tier for tier in (owned, local, module_level) if tier), set())
+    return nearest.pop() if len(nearest) == 1 else None
+
+
+def _method_of_class_binding(function: ast.AST, key: str, bindings: Bindings, analysis: ModuleAnalysis) -> bool:
+    """``function`` is a method of a class that binds ``self.<attribute>`` (``key``) in one of its methods."""
+    owner = analysis.parents.get(function)
+    if not isinstance(owner, ast.ClassDef):
+        return False
+    for binding in bindings.bindings_of(key):
+        method = analysis.context(binding.statement).function
+        if method is not None and analysis.parents.get(method) is owner:
+            return True
+    return False
+
+
+def _optimizer_entry(checkpoint: ast.Dict, analysis: ModuleAnalysis) -> int | None:
+    """The index of the ``<optimizer>.state_dict()`` entry in a dict without ``**`` entries (a spread
+    object's missing scaler state is its own class's to add), or None."""
+    if None in checkpoint.keys:
+        return None
+    training = analysis.derived(TrainingCalls)
+    for index, entry in enumerate(checkpoint.values):
+        func = entry.func if isinstance(entry, ast.Call) else None
+        if isinstance(func, ast.Attribute) and func.attr == "state_dict" and training.is_optimizer(func.value):
+            return index
+    return None
+
+
+def _with_scaler_entry(checkpoint: ast.Dict, index: int, value: str, module: "FixableModule") -> Edit:
+    """``"scaler": <value>`` inserted after the entry at ``index``, one entry a line or inline as the dict
+    is written, in the quotes its keys use."""
+    quote = next((module.source(key)[0] for key in checkpoint.keys if isinstance(key, ast.Constant)), '"')
+    quote = quote if quote in "'\"" else '"'
+    entry = f"{quote}scaler{quote}: {value}"
+    key = checkpoint.keys[index]
+    end = module.end(checkpoint.values[index])
+    indentation = module.indentation(key)  # type: ignore[arg-type]
+    if indentation is None:
+        return Edit(end, end, f", {entry}")
+    line_end = re.search(r"[\r\n]|$", module.text[end:]).start() + end  # type: ignore[union-attr]
+    rest = module.text[end:line_end]  # `,  # a comment` after the entry stays on its line
+    if rest.lstrip(" \t").startswith(","):
+        return Edit(line_end, line_end, f"{module.newline}{indentation}{entry},")
+    return Edit(end, end, f",{module.newline}{indentation}{entry}")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import ast
 import enum
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 from ..analysis.module_analysis import ModuleAnalysis
+from ..fixes.edits import Fix, FixSafety
 from ..runtime.evidence import LineEvidence, Probe, RunEvidence, Verdict
+
+if TYPE_CHECKING:
+    from ..fixes.source import FixableModule
 
 
 class Severity(str, enum.Enum):
@@ -84,6 +88,17 @@ class Rule:
     #: why nothing about the hazard can be observed while the script runs; set instead of :meth:`verify`
     not_checkable: ClassVar[str | None] = None
 
+    # The automatic fix (``flake8-amp fix``), where the rule has one: :meth:`rewrite` builds it for a finding.
+    #: the safety of the rule's fix in the common case (None: the rule has no automatic fix); one finding's
+    #: fix may be less safe than this, and :attr:`fix_safety_reason` says when
+    fix_safety: ClassVar[FixSafety | None] = None
+    #: one line, what the fix does: the first sentence of the doc's "Fix safety" section
+    fix_summary: ClassVar[str] = ""
+    #: why the fix is safe or unsafe, and when a finding's fix differs or is not offered (the section's rest)
+    fix_safety_reason: ClassVar[str] = ""
+    #: the torch release each spelling the fix writes needs, where that varies with the project's oldest torch
+    fix_min_torch: ClassVar[str | None] = None
+
     def check(self, analysis: ModuleAnalysis) -> Iterator[Finding]:
         raise NotImplementedError
 
@@ -91,6 +106,11 @@ class Rule:
         """What happened at a flagged line that ran: confirmed (the hazard happened, past the threshold
         the rule's doc states) or not_observed (with the margins measured)."""
         raise NotImplementedError(f"{self.code} has no runtime verifier")
+
+    def rewrite(self, finding: Finding, module: "FixableModule") -> Fix | None:
+        """The edits that fix ``finding`` in ``module`` (the engine's finding, its node kept), or None where
+        this finding has no automatic fix. Only rules with a :attr:`fix_safety` are asked."""
+        return None
 
     def finding(self, node: ast.AST, what: str, fix: str | None = None) -> Finding:
         return Finding(
