@@ -1,12 +1,16 @@
 """Per-step cost of the training monitor at its default settings.
 
-    python benchmarks/monitor_overhead.py [--steps 300] [--rounds 5] [--device cpu|cuda] [--gpt2]
+    python benchmarks/monitor_overhead.py [--blocks 60] [--device cpu|cuda] [--gpt2]
 
-Trains a small CNN and an MLP (and, with --gpt2, a GPT-2-small-sized transformer) with and without
-``TrainingMonitor``, alternating plain and monitored runs round by round on the same data, and prints
-the mean and the median per-step time of each and both overhead ratios: the mean counts the sampled
-and report steps that the median hides. Goal: at most +3% mean and 1 ms a step on CPU (+2% for GPT-2
-small on a GPU). On CUDA, the monitored steps between report steps run under
+Trains a small CNN and an MLP (and, with --gpt2, a GPT-2-small-sized transformer) with ``TrainingMonitor``
+attached, and alternates blocks of ``sample_every`` (10) steps watched with blocks run inside
+``monitor.paused()``, where no hook runs, in the order ABBA, on one model, one optimizer and the same
+batches in one process. Alternating whole runs instead compares two memory layouts of the model's
+tensors: on this benchmark's CNN that moved the ratio by several percent from one run to the next, more
+than the goal. Every watched block holds one sampled step and every fifth a report step, so the mean
+counts what the median hides. Prints mean and median step times and both overhead ratios, with a 95%
+interval for the mean's from resampling the blocks. Goal: at most +3% mean and 1 ms a step on CPU (+2% for
+GPT-2 small on a GPU). On CUDA, the watched steps between report steps run under
 ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host synchronisation.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import statistics
 import time
 
@@ -59,59 +64,95 @@ def workload(name: str, device: str):
     return GPT2Small, lambda: (torch.randint(0, 50257, (8, 512), generator=generator), torch.randint(0, 50257, (8, 512), generator=generator))
 
 
-def run(name: str, device: str, steps: int, monitored: bool, strict_sync: bool) -> float:
+def measure(name: str, device: str, blocks: int, strict_sync: bool) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-step times of ``blocks`` watched and ``blocks`` paused blocks, block by block."""
     build, make_batch = workload(name, device)
     torch.manual_seed(0)
     model = build().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     amp_dtype = torch.bfloat16 if device == "cuda" else None
-    monitor = TrainingMonitor(model, optimizer) if monitored else None
+    monitor = TrainingMonitor(model, optimizer)
     batches = [tuple(t.to(device) for t in make_batch()) for _ in range(4)]
-    times = []
-    for step in range(steps):
-        x, y = batches[step % len(batches)]
-        check_syncs = strict_sync and monitor is not None and (step + 1) % monitor.report_every != 0
-        if check_syncs:
-            torch.cuda.set_sync_debug_mode("error")
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out = model(x)
-            loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        loss.backward()
-        optimizer.step()
-        if monitor is not None:
+    length = monitor.sample_every
+    step = 0
+
+    def train(watched: bool) -> list[float]:
+        nonlocal step
+        times = []
+        for _ in range(length):
+            x, y = batches[step % len(batches)]
+            step += 1
+            check_syncs = strict_sync and watched and (monitor.steps + 1) % monitor.report_every != 0
+            if check_syncs:
+                torch.cuda.set_sync_debug_mode("error")
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                out = model(x)
+                loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+            loss.backward()
+            optimizer.step()
             monitor.step(loss)
-        if device == "cuda":
-            torch.cuda.set_sync_debug_mode(0)
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    if monitor is not None:
-        monitor.close()
-    kept = times[steps // 10 :]  # skip warm-up of the allocator and caches
-    return statistics.mean(kept), statistics.median(kept)
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return times
+
+    def plain() -> list[float]:
+        with monitor.paused():
+            return train(False)
+
+    for _ in range(3):  # warm-up of the allocator and caches, both ways
+        train(True), plain()
+    watched_blocks: list[list[float]] = []
+    plain_blocks: list[list[float]] = []
+    for i in range(blocks):
+        if i % 2 == 0:  # ABBA: a drift of the machine's speed weighs on both alike
+            watched_blocks.append(train(True))
+            plain_blocks.append(plain())
+        else:
+            plain_blocks.append(plain())
+            watched_blocks.append(train(True))
+    monitor.close()
+    if monitor.alerts or not monitor.enabled:
+        raise SystemExit(f"{name}: the monitor raised {len(monitor.alerts)} alerts or turned off on a clean run")
+    return watched_blocks, plain_blocks
+
+
+def mean_interval(watched: list[list[float]], plain: list[list[float]], draws: int = 2000) -> tuple[float, float]:
+    """95% interval of the mean overhead ratio, resampling pairs of blocks."""
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(draws):
+        picks = [rng.randrange(len(watched)) for _ in watched]
+        w = sum(sum(watched[i]) for i in picks)
+        p = sum(sum(plain[i]) for i in picks)
+        ratios.append(w / p - 1)
+    ratios.sort()
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=60, help="watched blocks (and as many paused ones)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gpt2", action="store_true", help="also a GPT-2-small-sized model (meant for a GPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)  # the monitor's status lines are not what is measured
     names = ["cnn", "mlp"] + (["gpt2"] if args.gpt2 else [])
-    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds, alternating")
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.blocks} watched and {args.blocks} paused "
+          f"blocks of 10 steps, ABBA")
     for name in names:
-        plain, watched = [], []
-        for _ in range(args.rounds):
-            plain.append(run(name, args.device, args.steps, False, False))
-            watched.append(run(name, args.device, args.steps, True, args.device == "cuda"))
-        for kind, index in (("mean", 0), ("median", 1)):
-            p = statistics.median(run_times[index] for run_times in plain)
-            w = statistics.median(run_times[index] for run_times in watched)
+        watched, plain = measure(name, args.device, args.blocks, args.device == "cuda")
+        w_steps = [t for block in watched for t in block]
+        p_steps = [t for block in plain for t in block]
+        low, high = mean_interval(watched, plain)
+        for kind, stat in (("mean", statistics.mean), ("median", statistics.median)):
+            p, w = stat(p_steps), stat(w_steps)
+            interval = f", 95% interval {100 * low:+.2f}% to {100 * high:+.2f}%" if kind == "mean" else ""
             print(f"{name:5s} {kind:6s} step {p * 1e3:8.3f} ms plain, {w * 1e3:8.3f} ms monitored: overhead "
-                  f"{100 * (w / p - 1):+.2f}% ({(w - p) * 1e3:+.3f} ms/step)")
+                  f"{100 * (w / p - 1):+.2f}% ({(w - p) * 1e3:+.3f} ms/step){interval}")
     return 0
 
 

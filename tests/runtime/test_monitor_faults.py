@@ -535,9 +535,10 @@ def test_no_host_read_between_report_steps_off_the_cpu(monkeypatch):
     model = small_cnn()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", growth_interval=10)
+    # as on a GPU: the buffer and the gradient reader keep device tensors, read at report steps only
+    monkeypatch.setattr(TrainingMonitor, "_host_memory", lambda self: False)
     monitor = TrainingMonitor(model, warmup_steps=5, alert_window=10, sample_every=3)
 
-    monkeypatch.setattr(monitor, "_host_memory", lambda: False)  # as on a GPU; its tensors stay where they are
     monkeypatch.setattr(torch.Tensor, "tolist", tolist)
     per_step = []
     for step, (x, y) in enumerate(data(30)):
@@ -553,3 +554,104 @@ def test_no_host_read_between_report_steps_off_the_cpu(monkeypatch):
         per_step.append(len(reads))
     assert [step for step, count in enumerate(per_step) if count] == [9, 19, 29]
     assert all(per_step[step] == 1 for step in (9, 19, 29))  # one transfer per report
+
+
+def test_steps_run_paused_are_neither_watched_nor_counted_and_watching_resumes():
+    from torch.optim.optimizer import _global_optimizer_pre_hooks
+
+    model = small_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = TrainingMonitor(model, warmup_steps=10, alert_window=10, sample_every=5)
+    hooks_before = len(_global_optimizer_pre_hooks)
+
+    def train(x, y, fault=1.0):
+        loss = nn.functional.cross_entropy(model(x), y) * fault
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step(loss)
+
+    batches = list(data(60))
+    for x, y in batches[:20]:
+        train(x, y)
+    assert monitor._hooks.attached  # step 20 is to be sampled
+    with monitor.paused():
+        assert not model[0]._forward_hooks and len(_global_optimizer_pre_hooks) == hooks_before - 1
+        for x, y in batches[20:30]:
+            train(x, y)
+            monitor.step(torch.tensor(math.nan))  # not watched: no alert
+    assert monitor.steps == 20 and not monitor.alerts
+    for x, y in batches[30:40]:
+        train(x, y)
+    train(*batches[40], fault=math.nan)
+    summary = monitor.summary()
+    assert [(a.step, a.metric) for a in summary.alerts] == [(30, "non-finite loss (NaN/Inf)")]
+    assert monitor.history[20]["step"] == 20 and "headroom" in monitor.history[20]  # the sample resumed
+    monitor.close()
+    assert len(_global_optimizer_pre_hooks) == hooks_before - 1
+
+
+def test_a_cpu_run_records_what_a_device_buffer_records(monkeypatch):
+    """In host memory the buffer keeps Python rows and the gradient norms come over as lists; on a device
+    they stay tensors until the report. The same run must read the same either way."""
+
+    def run():
+        class Writer:
+            scalars: dict = {}
+
+            def add_scalar(self, tag, value, step):
+                self.scalars[tag, step] = value
+
+        model = small_cnn()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        monitor = TrainingMonitor(model, warmup_steps=10, alert_window=10, sample_every=4, writer=Writer())
+        for step, (x, y) in enumerate(data(40)):
+            loss = nn.functional.cross_entropy(model(x), y) * (1e4 if step == 33 else 1.0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step(loss)
+        monitor.summary()
+        return monitor
+
+    on_host = run()
+    monkeypatch.setattr(TrainingMonitor, "_host_memory", lambda self: False)
+    on_device = run()
+    assert on_host._buffer.on_host and not on_device._buffer.on_host
+    assert [(a.step, a.metric, a.layer) for a in on_host.alerts] == [
+        (a.step, a.metric, a.layer) for a in on_device.alerts] != []
+
+    def flat(history):
+        return [{(key, inner): v for key, value in row.items()
+                 for inner, v in (value.items() if isinstance(value, dict) else [(None, value)])} for row in history]
+
+    assert [row.keys() for row in flat(on_host.history)] == [row.keys() for row in flat(on_device.history)]
+    for host_row, device_row in zip(flat(on_host.history), flat(on_device.history)):
+        assert host_row == pytest.approx(device_row, rel=1e-5, nan_ok=True)
+    assert len(on_host.history) == 40
+    host_scalars, device_scalars = on_host.writer.scalars, on_device.writer.scalars
+    assert any("grad_norm/0" in tag for tag, _ in host_scalars)  # per-layer norms were written
+    assert host_scalars == pytest.approx(device_scalars, rel=1e-5, nan_ok=True)
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["host", "device"])
+def test_gradient_zero_fractions_are_estimated_across_every_column(on_host):
+    """Zero fractions are estimated on an evenly strided sample of each gradient. A step that divided a
+    power-of-two row width would see the same columns in every row: a weight whose every other input
+    column has a zero gradient would read as all zeros or none."""
+    from flake8_amp.runtime.monitor.compute import RATIO_SAMPLE, GradientReader
+
+    weight = torch.randn(512, 1024)
+    weight[:, ::2] = 0.0
+    bias = torch.randn(512)
+    bias[:128] = 0.0
+    sparse_rows = torch.sparse_coo_tensor(torch.tensor([[0, 5]]), torch.ones(2, 3), (100, 3), check_invariants=True)
+    reader = GradientReader([0, 0, 1], 2, torch.device("cpu"), on_host)
+    fractions = reader.zero_fractions([weight, bias, sparse_rows], None).tolist()
+    assert weight.numel() > 4 * RATIO_SAMPLE
+    assert fractions[0] == pytest.approx((weight.numel() / 2 + 128) / (weight.numel() + 512), abs=0.01)
+    assert fractions[1] == pytest.approx(98 / 100)  # unstored rows of a sparse gradient are zeros
+    threshold = torch.tensor(0.5)
+    small = reader.zero_fractions([weight, bias, sparse_rows], threshold).tolist()
+    expected = ((weight.abs() < 0.5).sum() + (bias.abs() < 0.5).sum()).item() / (weight.numel() + 512)
+    assert small[0] == pytest.approx(expected, abs=0.01)

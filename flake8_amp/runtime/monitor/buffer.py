@@ -19,14 +19,20 @@ _LOSS, _GRAD_NORM, _SCALE, _LR = range(len(STEP_COLUMNS))
 class StepBuffer:
     """``rows`` steps of (loss, grad_norm, scale, lr, one norm per layer) on the device, plus the sampled
     steps' activation rows, gradient zero fractions and (opt-in) exponent histograms. Host-side facts
-    (step numbers, whether a loss was given, skips the host knew of, forward order) are kept beside it."""
+    (step numbers, whether a loss was given, skips the host knew of, forward order) are kept beside it.
 
-    def __init__(self, rows: int, layers: list[str], modules: list[str], device: torch.device) -> None:
-        self.layers, self.modules, self.device = layers, modules, device
+    In host memory (``on_host``, a CPU model) a row is a Python list: reading a CPU tensor costs no
+    synchronisation, and a few Python conversions cost less than the device writes they replace.
+    """
+
+    def __init__(self, rows: int, layers: list[str], modules: list[str], device: torch.device, on_host: bool) -> None:
+        self.layers, self.modules, self.device, self.on_host = layers, modules, device, on_host
         self.columns = len(STEP_COLUMNS) + len(layers)
+        self._host_rows: list[list[float]] = []
         with torch.inference_mode(False), torch.no_grad():
-            self._rows = torch.empty((rows, self.columns), dtype=torch.float32, device=device)
-            self._reset(self._rows)
+            self._rows = None if self.on_host else torch.empty((rows, self.columns), dtype=torch.float32, device=device)
+            if self._rows is not None:
+                self._reset(self._rows)
         self.steps: list[int] = []
         self._loss_given: list[bool] = []
         self._skipped: list[bool | None] = []
@@ -52,15 +58,26 @@ class StepBuffer:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def record(self, step: int, loss: torch.Tensor | float | None, layer_squares: torch.Tensor | None,
-               present: torch.Tensor | None, scale: torch.Tensor | None, lr: Any, skipped: bool | None) -> None:
+    def record(self, step: int, loss: torch.Tensor | float | None, layer_squares: Any, present: Any,
+               scale: torch.Tensor | None, lr: Any, skipped: bool | None) -> None:
         """One step: a few device writes into its row, no host read. ``layer_squares`` are the layers'
-        squared gradient norms; ``present`` (None: all present) marks the layers that had a gradient."""
+        squared gradient norms; ``present`` (None: all present) marks the layers that had a gradient: device
+        tensors, or Python lists in host memory. ``loss`` and ``scale`` are 0-d or one-element tensors."""
+        if self.on_host:
+            self._record_on_host(loss, layer_squares, present, scale, lr)
+        else:
+            self._record_on_device(loss, layer_squares, present, scale, lr)
+        self.steps.append(step)
+        self._loss_given.append(loss is not None)
+        self._skipped.append(skipped)
+
+    def _record_on_device(self, loss: torch.Tensor | float | None, layer_squares: torch.Tensor | None,
+                          present: torch.Tensor | None, scale: torch.Tensor | None, lr: Any) -> None:
         # Python numbers go in with fill_ (a kernel argument): `row[i] = 0.5` would copy a host tensor to the
         # device, which waits for it (set_sync_debug_mode flags it)
         row = self._rows[len(self.steps)]
         if isinstance(loss, torch.Tensor):
-            row[_LOSS].copy_(loss, non_blocking=True)
+            row[_LOSS].copy_(loss.reshape(()), non_blocking=True)
         elif loss is not None:
             row[_LOSS].fill_(loss)
         if layer_squares is not None:
@@ -68,18 +85,35 @@ class StepBuffer:
             norms = layer_squares.sqrt()
             row[len(STEP_COLUMNS):].copy_(norms if present is None else torch.where(present, norms, MISSING))
         if scale is not None:
-            row[_SCALE].copy_(scale, non_blocking=True)
+            row[_SCALE].copy_(scale.reshape(()), non_blocking=True)
         if isinstance(lr, torch.Tensor):
             row[_LR].copy_(lr.detach().reshape(()), non_blocking=True)
         elif isinstance(lr, (int, float)):
             row[_LR].fill_(float(lr))
-        self.steps.append(step)
-        self._loss_given.append(loss is not None)
-        self._skipped.append(skipped)
+
+    def _record_on_host(self, loss: torch.Tensor | float | None, layer_squares: list[float] | None,
+                        present: list[bool] | None, scale: torch.Tensor | None, lr: Any) -> None:
+        row = [0.0, MISSING, math.nan, math.nan]
+        if loss is not None:
+            row[_LOSS] = float(loss)
+        if layer_squares is not None:
+            row[_GRAD_NORM] = math.sqrt(sum(layer_squares))
+            row += [math.sqrt(value) if present is None or present[i] else MISSING
+                    for i, value in enumerate(layer_squares)]
+        else:
+            row += [MISSING] * len(self.layers)
+        if scale is not None:
+            row[_SCALE] = float(scale)
+        if isinstance(lr, (int, float, torch.Tensor)):
+            row[_LR] = float(lr)
+        self._host_rows.append(row)
 
     def finite(self, with_gradients: bool) -> bool:
         """Whether the last step's loss (and gradient norm) are finite. Reads the device: only for a buffer
         in host memory, where that costs no synchronisation."""
+        if self.on_host:
+            row = self._host_rows[-1]
+            return math.isfinite(row[_LOSS]) and (not with_gradients or math.isfinite(row[_GRAD_NORM]))
         row = self._rows[len(self.steps) - 1]
         return bool(torch.isfinite(row[: _GRAD_NORM + 1 if with_gradients else _LOSS + 1]).all())
 
@@ -102,7 +136,11 @@ class StepBuffer:
         count = len(self.steps)
         if not count:
             return []
-        parts = [self._rows[:count].reshape(-1)]
+        if self.on_host:
+            rows = torch.tensor(self._host_rows, dtype=torch.float32, device=self.device)
+        else:
+            rows = self._rows[:count]
+        parts = [rows.reshape(-1)]
         sampled = sorted(self._samples)
         for step in sampled:
             rows, places, zeros = self._samples[step]
@@ -113,7 +151,10 @@ class StepBuffer:
         steps, loss_given, skipped, facts = self.steps, self._loss_given, self._skipped, self._facts
         self.steps, self._loss_given, self._skipped, self._samples, self._histograms = [], [], [], {}, {}
         self._facts = {}
-        self._reset(self._rows)
+        if self.on_host:
+            self._host_rows = []
+        else:
+            self._reset(self._rows)
         ranks = []
         for rank, values in enumerate(gathered):
             position = count * self.columns

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -83,11 +84,11 @@ class TrainingMonitor:
         self._decisions = ScalerDecisions()
         self._decisions.watch(scaler)
         self._stepped = False  # whether the optimizer stepped since the last step()
+        self._paused = False
         self._pending: dict[str, Any] = {}  # what the optimizer's step hook read for this step
         self._index_parameters()
-        # Gradients are read when an optimizer over the model's parameters steps, whether it was handed
-        # over or not (torch's global step hook): by the time the step returns, zero_grad may have run.
-        self._optimizer_hook = register_optimizer_step_pre_hook(self._guarded(self._capture_gradients))
+        self._optimizer_hook = None
+        self._watch_optimizers()
         outputs.make_visible()
         self._hooks.attach(self._index.modules)  # step 0 is sampled when the monitor exists before its forward
 
@@ -117,7 +118,7 @@ class TrainingMonitor:
 
     def step(self, loss: Any = None) -> None:
         """Record one training step (call after the optimizer step). Never raises."""
-        if not self.enabled:
+        if not self.enabled or self._paused:
             return
         # the monitor's own tensors are never inference tensors, whatever mode the step ran in
         with torch.inference_mode(False), torch.no_grad():
@@ -140,6 +141,26 @@ class TrainingMonitor:
         underflow and distortion; alerts as red lines; log axes where values span decades."""
         self._guarded(self._flush)(False)
         return outputs.plot(path, list(self.history), self.alerts, self.layers_with_activations())
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Steps run inside are not watched and cost nothing: no hook runs, :meth:`step` returns at once,
+        and they are neither judged nor counted (a phase apart from training: an evaluation that calls
+        the decorated step, a learning-rate range test). Watching resumes where it stopped."""
+        if self._paused or not self.enabled:
+            yield
+            return
+        sampling = self._hooks.attached
+        self._paused = True
+        self.close()
+        try:
+            yield
+        finally:
+            self._paused = False
+            if self.enabled:
+                self._watch_optimizers()
+                if sampling:
+                    self._hooks.attach(self._index.modules)
 
     def close(self) -> None:
         """Remove every hook the monitor attached."""
@@ -174,14 +195,21 @@ class TrainingMonitor:
         self.close()
 
     # ------------------------------------------------------------------ what to watch
+    def _watch_optimizers(self) -> None:
+        # Gradients are read when an optimizer over the model's parameters steps, whether it was handed
+        # over or not (torch's global step hook): by the time the step returns, zero_grad may have run.
+        self._optimizer_hook = register_optimizer_step_pre_hook(self._guarded(self._capture_gradients))
+
     def _index_parameters(self) -> None:
         """Which parameters are watched, in which layer; the buffer sized for them. Run again at a report
         step when the model's parameters changed (a new head, a re-initialised layer)."""
         self._index = LayerIndex(self.model)
         self.device = self._index.device
-        self._gradients = GradientReader(self._index.layer_of, len(self._index.layers), self.device)
+        on_host = self._host_memory()
+        self._gradients = GradientReader(self._index.layer_of, len(self._index.layers), self.device, on_host)
         self._gradients.prepare(self._index.params)
-        self._buffer = StepBuffer(self.report_every, self._index.layers, self.layers_with_activations(), self.device)
+        self._buffer = StepBuffer(self.report_every, self._index.layers, self.layers_with_activations(), self.device,
+                                  on_host)
         self._judge.layer_names = self._index.layers
 
     # ------------------------------------------------------------------ per step (device side, no host read)
@@ -241,7 +269,7 @@ class TrainingMonitor:
             self._log(self._judge.skip_known(self.steps, skipped, scale))
         loss_value = self._loss_tensor(loss)
         scale = getattr(self.scaler, "_scale", None) if self.scaler is not None else None
-        scale = scale.detach().to(device=self.device, dtype=torch.float32).reshape(()) if isinstance(scale, torch.Tensor) else None
+        scale = scale if isinstance(scale, torch.Tensor) and scale.numel() == 1 else None
         groups = getattr(self.optimizer, "param_groups", None)
         self._buffer.record(self.steps, loss_value, read.get("squares"), read.get("present"), scale,
                             groups[0].get("lr") if groups else None, skipped)
@@ -281,7 +309,7 @@ class TrainingMonitor:
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 return loss.detach().float().mean()
-            return loss.detach().reshape(()).to(dtype=torch.float32)
+            return loss.detach()
         if isinstance(loss, (int, float)):
             return float(loss)
         self._loss_ok = False

@@ -145,6 +145,7 @@ class Baseline:
 
     def __init__(self, metric: str, warmup_steps: int, window: int) -> None:
         self.values: deque[float] = deque(maxlen=max(warmup_steps, window, 8))
+        self._scaled_values: deque[float] = deque(maxlen=self.values.maxlen)  # the same on the metric's scale
         self.window = window
         self.high = -math.inf
         self.low = math.inf
@@ -178,7 +179,7 @@ class Baseline:
     def center(self) -> tuple[float, float]:
         """Median and robust spread (1.4826 MAD) of the last window of values, on the metric's scale."""
         if self._center is None or self._stale >= self._refresh:
-            values = [self._scaled(v) for v in list(self.values)[-max(self.window, 8) :]]
+            values = list(self._scaled_values)[-max(self.window, 8) :]
             median = statistics.median(values)
             mad = statistics.median(abs(v - median) for v in values)
             floor = _RELATIVE_FLOOR if self.log else _RELATIVE_FLOOR * abs(median)
@@ -213,9 +214,14 @@ class Baseline:
         self.values.append(value)
         self._stale += 1
         self.high = max(self.high, value)
-        if value <= 0 < self.low:
-            self._center = None  # a loss that can be negative: judged as it is from now on
+        rescale = value <= 0 < self.low  # a loss that can be negative: judged as it is from now on
         self.low = min(self.low, value)
+        if rescale:
+            self._center = None
+            self._scaled_values.clear()
+            self._scaled_values.extend(self._scaled(v) for v in self.values)
+        else:
+            self._scaled_values.append(scaled)
         return None
 
 
