@@ -3,8 +3,9 @@
     python benchmarks/compare_precision.py [--model transformer|mlp] [--repeats 3] [--threads 1]
 
 Goal: the layerwise comparison in two formats costs a small multiple of one training step's time, and its
-peak memory stays near one float32 forward (plus a few layer outputs), far below what recording every
-layer's activations would take.
+peak memory stays near one float32 forward plus one layer output with ``accumulated=False`` (about two
+forwards with the accumulated error, measured in lockstep), far below what recording every layer's
+activations would take.
 
 Time: in this process, the float32 forward+backward (a training step without the optimizer) and
 ``compare_precision(model, x, formats=("fp16", "bf16"))`` alternate ``--repeats`` times so that both see the
@@ -14,9 +15,12 @@ the comparison runs CUDA's autocast policy emulated on the CPU, which is slower 
 Memory: each measurement runs in a fresh subprocess (so no allocator state carries over) with glibc told to
 map every allocation of 1 MiB or more on its own (``MALLOC_MMAP_THRESHOLD_``), so that freed activations
 return to the system at once. A background thread samples the resident set size (/proc/self/statm) every
-millisecond; "peak extra" is the peak minus the resident size just before the call, after a warm-up
-(imports, CUDA emulation installed once, thread stacks). It counts torch's CPU allocations made by the call
-(tracemalloc cannot see them); a peak shorter than the sampling interval can be missed.
+millisecond; "peak extra" is the peak minus the resident size just before the call, after the same call
+once as a warm-up (what a first call leaves for good: imports, kernel caches, CUDA emulation, thread
+stacks). It counts torch's CPU allocations made by the call (tracemalloc cannot see them); a peak shorter
+than the sampling interval can be missed. compare_precision is measured as called by default (the error
+accumulated up to each layer: float32 and low precision in lockstep) and with ``accumulated=False`` (one
+forward at a time, each layer alone beside the float32 one).
 """
 
 from __future__ import annotations
@@ -56,9 +60,13 @@ def forward_backward():
 def compare():
     compare_precision(model, x, formats=("fp16", "bf16"))
 
+def compare_own():
+    compare_precision(model, x, formats=("fp16", "bf16"), accumulated=False)
+
 what = {what!r}
-compare_precision(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4), formats="fp16")  # warm-up
-call = {{"forward": forward, "forward_backward": forward_backward, "compare": compare}}[what]
+call = {{"forward": forward, "forward_backward": forward_backward, "compare": compare,
+         "compare_own": compare_own}}[what]
+call()  # warm-up: what a first call leaves behind for good (kernel caches, CUDA emulation) is not its peak
 baseline = resident()
 peak = baseline
 done = threading.Event()
@@ -170,11 +178,14 @@ def main() -> int:
     forward = peak_memory("forward", args.model, args.threads)
     training = peak_memory("forward_backward", args.model, args.threads)
     compare = peak_memory("compare", args.model, args.threads)
+    own = peak_memory("compare_own", args.model, args.threads)
     mib = 2**20
     print(f"peak extra memory, float32 forward (no grad):  {forward / mib:8.1f} MiB")
     print(f"peak extra memory, float32 forward+backward:   {training / mib:8.1f} MiB")
-    print(f"peak extra memory, compare_precision:          {compare / mib:8.1f} MiB = {compare / forward:.1f}x the "
-          f"float32 forward = {compare / output_bytes:.1f}x the largest layer output ({output_bytes / mib:.1f} MiB)")
+    for label, value in (("compare_precision:", compare), ("  accumulated=False:", own)):
+        print(f"peak extra memory, {label:27s} {value / mib:8.1f} MiB = {value / forward:.1f}x the float32 forward "
+              f"= float32 forward + {(value - forward) / output_bytes:.1f}x the largest layer output "
+              f"({output_bytes / mib:.1f} MiB)")
     print(f"recording every compared layer's input and output would hold {stored_bytes / mib:.0f} MiB "
           f"({stored_bytes / max(compare, 1):.1f}x compare_precision's peak)")
     return 0

@@ -114,6 +114,21 @@ def test_the_fragile_layer_ranks_first_and_is_exactly_what_to_keep_in_float32():
     assert end_to_end_sqnr(model, x) == -math.inf
 
 
+def test_without_the_accumulated_error_the_own_errors_and_the_plan_are_the_same():
+    model, x = fragile_case()
+    full = compare_precision(model, x)
+    own = compare_precision(model, x, accumulated=False)
+    assert all(entry.sqnr is None and entry.max_rel_error is None for entry in own.layers)
+    key = lambda entry: (entry.name, entry.format)  # noqa: E731
+    assert [(key(e), e.local_sqnr, e.local_max_rel_error, e.overflow_pct, e.underflow_pct, e.calls)
+            for e in sorted(own.layers, key=key)] == [
+        (key(e), e.local_sqnr, e.local_max_rel_error, e.overflow_pct, e.underflow_pct, e.calls)
+        for e in sorted(full.layers, key=key)]
+    assert own.layers[0].name == "fragile" and own.keep_fp32 == full.keep_fp32 == ["fragile"]
+    assert own.end_to_end == full.end_to_end and own.plans == full.plans
+    assert "n/a" in str(own).splitlines()[4]  # the accumulated columns say they were not measured
+
+
 def test_the_report_prints_a_table_and_code_that_applies_the_plan():
     model, x = fragile_case()
     report = compare_precision(model, x, formats="fp16")
@@ -344,13 +359,19 @@ MEMORY_CHILD = textwrap.dedent(
             if line.startswith("VmData:"):
                 return int(line.split()[1]) * 1024
 
-    budget = 16 * activation
+    budget = int(sys.argv[1]) * activation
+    accumulated = sys.argv[2] == "accumulated"
     resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + budget, resource.RLIM_INFINITY))
     result = {"budget": budget, "stored": 2 * depth * activation}
     with torch.no_grad():
         model(x)
     result["forward"] = "ok"
-    report = compare_precision(model, x, formats="fp16")
+    try:
+        report = compare_precision(model, x, formats="fp16", accumulated=accumulated)
+    except RuntimeError as exc:
+        result["compare"] = "failed: " + str(exc).splitlines()[0][:80]
+        print(json.dumps(result))
+        sys.exit(0)
     result["compare"] = "ok"
     result["sqnr"] = report.end_to_end_sqnr["fp16"]
     result["layers"] = len(report.layers)
@@ -369,13 +390,18 @@ MEMORY_CHILD = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and /proc/self/status are Linux's")
-def test_memory_stays_near_a_forward_where_storing_the_activations_would_not_fit():
-    """32 layers of 4 MiB activations, in a process whose data segment may grow by 16 activations (64 MiB,
-    RLIMIT_DATA): a float32 forward and compare_precision run in that; recording every layer's input and
-    output (256 MiB) runs out. glibc is told to map every allocation of 1 MiB or more on its own, so freed
+@pytest.mark.parametrize(("accumulated", "activations"), [(True, 16), (False, 8)], ids=["lockstep", "accumulated-off"])
+def test_memory_stays_near_a_forward_where_storing_the_activations_would_not_fit(accumulated, activations):
+    """32 layers of 4 MiB activations, in a process whose data segment may grow by a few activations
+    (RLIMIT_DATA): a float32 forward and compare_precision run in that; recording every layer's input and
+    output (256 MiB) runs out. With the accumulated error (float32 and low precision in lockstep) the
+    budget is 16 activations; without it, one forward plus one layer: 8 (it has run in 5, the forward
+    alone in 4, the lockstep needs 12). glibc is told to map every allocation of 1 MiB or more on its own, so freed
     activations go back at once and heap fragmentation cannot decide the outcome."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576", MALLOC_ARENA_MAX="2")
-    result = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True, timeout=240, env=env)
+    mode = "accumulated" if accumulated else "own"
+    result = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(activations), mode], capture_output=True,
+                            text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["stored"] >= 4 * data["budget"]

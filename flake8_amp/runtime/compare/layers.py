@@ -68,6 +68,7 @@ def compare_precision(
     *,
     device_type: str | None = None,
     target_sqnr: float = DEFAULT_TARGET_SQNR,
+    accumulated: bool = True,
 ) -> CompareReport:
     """Compare each layer of ``model`` in each low-precision format with float32, on ``inputs``.
 
@@ -79,6 +80,13 @@ def compare_precision(
     With ``loss_fn`` (called as ``loss_fn(output, target)``, or ``loss_fn(output)`` without a target), the
     gradient of every parameter that requires one is compared as well (this needs a forward and backward
     with stored activations, as in training; the layer comparison itself does not).
+
+    Memory: the error accumulated up to each layer is measured with the float32 and the low-precision
+    forwards running in lockstep, so peak memory is about what two forwards hold at once (under
+    ``no_grad``: a few activations each) plus a copy of one layer's output. ``accumulated=False`` leaves
+    that error out (``sqnr`` and ``max_rel_error`` are None; the layers are ranked by the error they add
+    on their own) and runs one float32 forward, each layer alone in low precision beside it, then the
+    low-precision forward for the end-to-end figures: peak memory is one forward plus one layer.
 
     The plan for each format: layers sorted by the error they add on their own, the shortest worst-first
     prefix whose end-to-end SQNR (measured with them kept, in the same mode) meets the target is found by
@@ -105,7 +113,7 @@ def compare_precision(
     called: set[str] = set()
     with _preserved(model), _autocast_disabled((args, kwargs)), _emulation(emulate):
         for precision in precisions:
-            session = _Lockstep(model, names, precision, device)
+            session = _Lockstep(model, names, precision, device, accumulated)
             reference, output = session.run(args, kwargs)
             called.update(session.order)
             results = session.results()
@@ -188,8 +196,10 @@ class _Lockstep:
     low precision, then hands a copy of its output over through a queue of one: the float32 run is never
     more than a layer ahead, and each output is compared as soon as the low-precision run produces its own."""
 
-    def __init__(self, model: nn.Module, names: list[str], precision: _Precision, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, names: list[str], precision: _Precision, device: torch.device,
+                 accumulated: bool = True) -> None:
         self.model = model
+        self.accumulated = accumulated
         self.device = device
         self.names = names
         self.precision = precision
@@ -215,6 +225,8 @@ class _Lockstep:
     # ---------------------------------------------------------------- the two runs
     def run(self, args: tuple, kwargs: dict) -> tuple[Any, Any]:
         """(float32 output, low-precision output) of the whole model; the per-layer sums fill up on the way."""
+        if not self.accumulated:
+            return self._run_in_turn(args, kwargs)
         handles = self._register()
         # on a GPU the float32 run uses the caller's device and stream, so that what it hands over is ordered
         # with the low-precision run's work (and its thread has a current CUDA context)
@@ -246,6 +258,31 @@ class _Lockstep:
         if not self.diverged and self.reference_calls != self.test_calls:
             self.diverged = "the low-precision run called the layers a different number of times than float32"
         return self.reference_output, output
+
+    def _run_in_turn(self, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+        """Without the accumulated error: the float32 forward in this thread, each compared layer also run
+        alone in low precision by its hook, then the low-precision forward unhooked; one at a time."""
+        self.consumer_done.set()  # nothing is handed over
+        handles = self._register()
+        try:
+            self.local.role = "reference"
+            self.local.stack = []
+            with torch.no_grad():
+                reference = self.model(*args, **kwargs)
+        finally:
+            self.local.role = None
+            for handle in handles:
+                handle.remove()
+        low_args, low_kwargs = self.precision.inputs((args, kwargs))
+        try:
+            with torch.no_grad(), self.precision.region():
+                output = self.low_model(*low_args, **low_kwargs)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"(raised by the model in compare_precision's {self.precision.fmt.name} "
+                             f"{self.precision.mode} run)")
+            raise
+        return reference, output
 
     def _reference(self, args: tuple, kwargs: dict, stream: Any) -> None:
         self.local.role = "reference"
