@@ -860,3 +860,131 @@ def test_fixes_parse_as_the_fix_claims(tmp_path):
         "the fixes for AMP013 produced code that does not parse (line 1): left unchanged; please report it with this file"
     )
     ast.parse(outcome.text)
+
+
+# ---------------------------------------------------------------- regressions found in review
+def test_diff_is_in_the_files_own_bytes_so_that_it_applies(run_fix, tmp_path):
+    """Context lines as on disk: the byte-order mark kept, lines split where the tokenizer splits them (a
+    form feed is no line break), a latin-1 file's diff in latin-1."""
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbf" + DEPRECATED.encode())
+    (tmp_path / "ff.py").write_text("import torch\n\x0c\nscaler = torch.cuda.amp.GradScaler()\n")
+    result = run_fix("--min-torch=2.4", "--diff", "bom.py", "ff.py", cwd=tmp_path)
+    assert result.out == (
+        "--- bom.py\n+++ bom.py\n@@ -1,2 +1,2 @@\n \ufeffimport torch\n-scaler = torch.cuda.amp.GradScaler()\n"
+        '+scaler = torch.amp.GradScaler("cuda")\n'
+        "--- ff.py\n+++ ff.py\n@@ -1,3 +1,3 @@\n import torch\n \x0c\n-scaler = torch.cuda.amp.GradScaler()\n"
+        '+scaler = torch.amp.GradScaler("cuda")\n'
+    )
+    from flake8_amp.fixes.command import FileFix, _diff
+
+    latin = FileFix("l.py", before='s = "\xe9"\nx = 1', after='s = "\xe9"\nx = 2', encoding="iso-8859-1")
+    assert _diff(latin) == (
+        b'--- l.py\n+++ l.py\n@@ -1,2 +1,2 @@\n s = "\xe9"\n-x = 1\n\\ No newline at end of file\n'
+        b"+x = 2\n\\ No newline at end of file\n"
+    )
+
+
+def test_diff_applies_with_patch(run_fix, tmp_path):
+    if shutil.which("patch") is None:
+        pytest.skip("no patch program")
+    source = b"\xef\xbb\xbfimport torch\r\n\x0c\r\nname = '\xc3\xa9'; s = torch.cuda.amp.GradScaler()\r\n"
+    (tmp_path / "train.py").write_bytes(source)
+    diff = subprocess.run(
+        [sys.executable, "-c", "import sys; from flake8_amp.cli import main; sys.exit(main())", "fix", "--min-torch=2.4",
+         "--diff", "train.py"],
+        cwd=tmp_path, capture_output=True, check=False,
+    ).stdout
+    subprocess.run(["patch", "-s", "-p0"], input=diff, cwd=tmp_path, check=True)
+    assert (tmp_path / "train.py").read_bytes() == source.replace(b"torch.cuda.amp.GradScaler()",
+                                                                  b'torch.amp.GradScaler("cuda")')
+
+
+def test_amp010_unscales_once_for_clips_apart_and_not_before_a_misplaced_unscale():
+    apart = """import torch
+
+scaler = torch.amp.GradScaler("cuda")
+
+
+def step(model, opt, loss):
+    scaler.scale(loss).backward()
+    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 1.0)
+    n = 0
+    torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+"""
+    assert fixed(apart) == apart.replace(
+        "    torch.nn.utils.clip_grad_norm_(model.encoder", "    scaler.unscale_(opt)\n    torch.nn.utils.clip_grad_norm_(model.encoder"
+    )
+    misplaced = """import torch
+
+scaler = torch.amp.GradScaler("cuda")
+
+
+def step(model, opt, loss):
+    scaler.scale(loss).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_value_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+"""
+    assert fixed(misplaced) == misplaced  # a second unscale_ before the step raises RuntimeError
+
+
+def test_amp009_leaves_a_softmax_over_several_dimensions():
+    source = (
+        "import torch\n\ndef f(s):\n    a = torch.exp(s) / torch.exp(s).sum((1, 2), keepdim=True)\n"
+        "    b = torch.exp(s) / torch.exp(s).sum(dim=None, keepdim=True)\n    return a, b\n"
+    )
+    assert fixed(source) == source  # torch.softmax takes one int dim
+
+
+def test_amp013_a_backslash_continued_import_split_in_two_parses():
+    source = "import torch\nfrom torch.cuda.amp import autocast, \\\n    GradScaler\nscaler = GradScaler()\nwith autocast():\n    pass\n"
+    assert fixed(source, floor=(2, 3)) == (
+        "import torch\nfrom torch import autocast\nfrom torch.amp import GradScaler\n"
+        'scaler = GradScaler("cuda")\nwith autocast("cuda"):\n    pass\n'
+    )
+
+
+def test_amp013_an_import_fix_leaves_the_uses_another_import_binds():
+    source = """from torch.cuda.amp import autocast
+
+def f(m, x):
+    with autocast():
+        return m(x)
+
+def g(m, x):
+    from torch.cuda.amp import autocast  # noqa: AMP013
+    with autocast():
+        return m(x)
+"""
+    noqa = lambda findings, text: [f for f in findings if f.line != 8]  # noqa: E731
+    outcome = fix_source(source, options=EVERY_RULE, wanted=noqa, floor=TorchFloor((2, 4), "test"))
+    assert outcome.text == source.replace("from torch.cuda.amp import autocast\n\ndef f", "from torch.amp import autocast\n\ndef f", 1).replace(
+        "with autocast():\n        return m(x)\n\ndef g", 'with autocast("cuda"):\n        return m(x)\n\ndef g', 1
+    )
+
+
+@pytest.mark.parametrize(
+    "source, path",
+    [
+        ("from torch.cuda.amp import autocast, custom_fwd  # for older torch\n", "compat.py"),
+        ("from torch.cuda.amp import autocast\n__all__ = ['autocast']\nwith autocast():\n    pass\n", "amp.py"),
+        ("import torch\nfrom torch.cuda.amp import autocast\n", "__init__.py"),
+    ],
+)
+def test_amp013_a_reexported_name_gets_an_unsafe_fix(source, path, tmp_path):
+    """Modules importing it from here call it without the device type torch.amp's needs."""
+    (tmp_path / path).write_text(source)
+    outcome = fix_source(source, options=EVERY_RULE, floor=TorchFloor((2, 4), "test"), path=str(tmp_path / path))
+    assert outcome.text == source and outcome.unsafe_fixable >= 1
+    assert "from torch.amp import" in fix_source(source, options=EVERY_RULE, unsafe=True, path=str(tmp_path / path)).text
+
+
+@pytest.mark.parametrize(
+    "text, floor", [("torch>=2\n", (2, 0)), ("torch==2.*\n", (2, 0)), ('torch = "^2"', (2, 0)), ("torch (>=1.8)", (1, 8))]
+)
+def test_the_floor_reads_a_major_alone_and_a_parenthesised_requirement(text, floor):
+    assert requirement_floor(text) == floor

@@ -205,7 +205,7 @@ def report(results: list[FileFix], write: bool, show_diff: bool, unsafe: bool) -
     errors = [result for result in results if result.error]
     for result in changed:
         if show_diff:
-            sys.stdout.writelines(_diff(result))
+            _print_bytes(_diff(result))
         if write:
             try:
                 _write(result)
@@ -237,10 +237,31 @@ def report(results: list[FileFix], write: bool, show_diff: bool, unsafe: bool) -
     return int(bool(changed) and not write)
 
 
-def _diff(result: FileFix) -> list[str]:
-    before, after = result.before.splitlines(keepends=True), result.after.splitlines(keepends=True)
-    lines = difflib.unified_diff(before, after, result.filename, result.filename)
-    return [line if line.endswith(("\n", "\r")) else line + "\n\\ No newline at end of file\n" for line in lines]
+def _diff(result: FileFix) -> bytes:
+    """The file's unified diff, in the file's own bytes (its encoding and byte-order mark), so that
+    ``patch -p0`` and ``git apply`` find its context lines; lines are split where Python's tokenizer
+    splits them (not at the form feeds or Unicode separators ``str.splitlines`` also splits at)."""
+    bom = "\ufeff" if result.encoding == "utf-8-sig" else ""
+    encoding = "utf-8" if bom else result.encoding
+    before = io.StringIO(bom + result.before, newline="").readlines()
+    after = io.StringIO(bom + result.after, newline="").readlines()
+    name = os.fsencode(result.filename)
+    out = [b"--- " + name + b"\n", b"+++ " + name + b"\n"]
+    for line in list(difflib.unified_diff(before, after, lineterm="\n"))[2:]:
+        if not line.endswith(("\n", "\r")):
+            line += "\n\\ No newline at end of file\n"
+        out.append(line.encode(encoding, errors="surrogateescape"))
+    return b"".join(out)
+
+
+def _print_bytes(data: bytes) -> None:
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(data.decode("utf-8", errors="replace"))
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 def _write(result: FileFix) -> None:

@@ -34,7 +34,7 @@ _PROJECT_FILES = ("pyproject.toml", "setup.cfg", "setup.py")
 _OPERATOR = r"(?:\^|~=|===|==|>=|<=|!=|~|>|<)"
 _VERSION_CLAUSE = _OPERATOR + r"""\s*\d[^"',;\s\]}]*"""
 _REQUIREMENT = re.compile(
-    r"""(?<![\w.-])torch(?:\[[^\]]*\])?\s*(?:=\s*\{?\s*(?:version\s*=\s*)?["'])?\s*"""
+    r"""(?<![\w.-])torch(?:\[[^\]]*\])?\s*(?:=\s*\{?\s*(?:version\s*=\s*)?["'])?\s*\(?\s*"""
     rf"(?P<clauses>{_VERSION_CLAUSE}(?:\s*,\s*{_VERSION_CLAUSE})*)"
 )
 _CLAUSE = re.compile(rf"(?P<op>{_OPERATOR})\s*(?P<version>\d+(?:\.\d+)?)")
@@ -75,11 +75,16 @@ def requirement_floor(text: str) -> Version | None:
         bounds = [
             version
             for clause in _CLAUSE.finditer(requirement.group("clauses"))
-            if clause.group("op") in _LOWER_BOUNDS and (version := parse_version(clause.group("version")))
+            if clause.group("op") in _LOWER_BOUNDS and (version := _bound_version(clause.group("version")))
         ]
         if bounds:
             floors.append(max(bounds))  # `torch>=1.8,>=2.0` holds from 2.0
     return min(floors) if floors else None
+
+
+def _bound_version(text: str) -> Version | None:
+    """A requirement's version: ``2.1``, or a major alone (``torch>=2``, ``torch==2.*``, ``^2``) as ``2.0``."""
+    return parse_version(text) or ((int(text), 0) if text.isdigit() else None)
 
 
 class TorchFloors:

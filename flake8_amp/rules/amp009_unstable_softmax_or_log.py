@@ -341,6 +341,9 @@ def _stable_softmax(division: ast.BinOp, module: "FixableModule") -> str | None:
     keepdim = rest[1] if len(rest) > 1 else keywords.get("keepdim")
     if len(rest) > 2 or set(keywords) - {"dim", "keepdim"} or dim is None:
         return None
+    several = isinstance(dim, (ast.Tuple, ast.List, ast.Set))
+    if several or isinstance(dim, ast.Constant) and not isinstance(dim.value, int):
+        return None  # a sum over several dimensions (or all): softmax takes one
     if not (isinstance(keepdim, ast.Constant) and keepdim.value is True):
         return None  # without keepdim the division broadcasts along another dimension
     if _op(summed, analysis) != "exp" or ast.dump(_single_subject(summed, analysis) or division) != ast.dump(subject):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from ..analysis.control_flow import ControlFlow
 from ..analysis.module_analysis import ModuleAnalysis
-from ..analysis.training_calls import CLIP, SCALED_BACKWARD, SCALER_STEP, UNSCALE, TrainingCalls
+from ..analysis.training_calls import CLIP, SCALED_BACKWARD, SCALER_STEP, UNSCALE, UPDATE, TrainingCalls
 from ..fixes.edits import Fix, FixSafety
 from ..runtime.evidence import ClipRecord, LineEvidence, RunEvidence, Outcome, Verdict, fmt
 from ..analysis.source_text import excerpt
@@ -53,14 +53,21 @@ class ClipBeforeUnscale(Rule):
         if len(steps) < 1 or len(optimizers) != 1 or not isinstance(steps[0].func, ast.Attribute):
             return None
         scaler = module.source(steps[0].func.value)
-        # Clips one after the other (by norm, then by value) need one unscale_, before the first: a second
-        # unscale_ before the step raises. Each of their findings gets the same edit.
+        # Clips before the same step (by norm, then by value, other statements between them) need one
+        # unscale_, before the first: a second unscale_ before the step raises. Each of their findings gets
+        # the same edit. The walk stops at a statement that scales a backward, steps, unscales or updates.
+        events = training.events(analysis.context(finding.node).function)
         flagged = {analysis.statement_of(f.node) for f in module.findings if f.code == self.code and f.node is not None}
         first = clip
         for earlier in reversed(block[: block.index(clip)]):
-            if earlier not in flagged:
+            if earlier in flagged:
+                first = earlier
+            elif any(event.kind in _ENDS_A_STEP and _inside(event.call, earlier) for event in events):
                 break
-            first = earlier
+        # An unscale_ already between the clips and the step (misplaced after a clip): another one raises.
+        step = min((call.lineno, call.col_offset) for call in steps)
+        if any(event.kind == UNSCALE and (first.lineno, first.col_offset) < event.position < step for event in events):
+            return None
         edit = module.insert_statement_before(first, f"{scaler}.unscale_({optimizers.pop()})")
         return Fix((edit,)) if edit is not None else None
 
@@ -133,6 +140,16 @@ def _norms(clip: ClipRecord) -> tuple[float, float]:
     """The total norm the clip saw on scaled gradients, and the one it would have seen on unscaled ones."""
     norm = clip.total_norm or 0.0
     return norm, norm / clip.scale if clip.scale else norm
+
+
+#: scaler events that end the stretch of statements one unscale_ serves
+_ENDS_A_STEP = frozenset({SCALED_BACKWARD, SCALER_STEP, UNSCALE, UPDATE})
+
+
+def _inside(node: ast.AST, statement: ast.stmt) -> bool:
+    position = (node.lineno, node.col_offset)  # type: ignore[attr-defined]
+    end = (statement.end_lineno, statement.end_col_offset)
+    return (statement.lineno, statement.col_offset) <= position < end  # type: ignore[operator]
 
 
 def _block_of(statement: ast.stmt, analysis: ModuleAnalysis) -> list[ast.stmt]:

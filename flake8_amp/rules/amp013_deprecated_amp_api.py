@@ -6,6 +6,7 @@ import ast
 import os
 from typing import TYPE_CHECKING, Iterator
 
+from ..analysis.bindings import Bindings
 from ..analysis.control_flow import ancestors
 from ..analysis.module_analysis import ModuleAnalysis, call_name
 from ..fixes.edits import Edit, Fix, FixSafety, apply_edits
@@ -68,6 +69,9 @@ class DeprecatedAmpApi(Rule):
         "a call is rewritten to a version-guarded form that AMP013 accepts as a fallback "
         "(`torch.amp.GradScaler(\"cuda\") if hasattr(torch, \"amp\") and hasattr(torch.amp, \"GradScaler\") "
         "else torch.cuda.amp.GradScaler()`), and an import, a decorator or an annotation gets an unsafe fix. "
+        "An import that re-exports the name (in an `__init__.py`, listed in `__all__`, or imported and not "
+        "used here) also gets an unsafe fix: the modules importing it from there call it without the device "
+        "type the new spelling needs. "
         "Not fixed: a name used other than by calling it, decorating with it or in a type position "
         "(`make = torch.cuda.amp.autocast`), whose callers would need the device type too."
     )
@@ -333,6 +337,7 @@ def _import_fix(statement: ast.ImportFrom, module: "FixableModule") -> Fix | Non
     kept: list[ast.alias] = []
     edits: list[Edit] = []
     safety = FixSafety.SAFE
+    unused: list[str] = []  # names moved that this module does not use (or lists in __all__)
     for alias in statement.names:
         qualified = deprecated_name(f"{statement.module}.{alias.name}")
         if qualified is None or not _wanted_at(alias if hasattr(alias, "lineno") else statement, module):
@@ -341,13 +346,27 @@ def _import_fix(statement: ast.ImportFrom, module: "FixableModule") -> Fix | Non
         new, alias_safety = _new_name(qualified, module)
         safety = FixSafety.UNSAFE if alias_safety is FixSafety.UNSAFE else safety
         moved.setdefault(new.rpartition(".")[0], []).append(alias)
-        for use in _loads_of(alias.asname or alias.name, analysis):
-            if deprecated_name(analysis.resolve(use)) != qualified:
+        local = alias.asname or alias.name
+        used = False
+        for use in _loads_of(local, analysis):
+            if deprecated_name(analysis.resolve(use)) != qualified or _bound_elsewhere(use, statement, analysis):
                 continue
             use_edits = _use_edits(use, qualified, module, None)
             if use_edits is None:
                 return None
             edits += use_edits
+            used = True
+        if qualified != "torch.cuda.amp.GradScaler" and (not used or local in _exported_names(analysis)):
+            unused.append(local)
+    if unused and (_reexports(unused, analysis) or not any(
+        not _bound_elsewhere(use, statement, analysis)
+        for alias in statement.names
+        for use in _loads_of(alias.asname or alias.name, analysis)
+    )):
+        # A compatibility module's import, an ``__init__`` or ``__all__`` re-export: the modules importing the
+        # name from here call it without the device type the new spelling needs (a cpu GradScaler() would
+        # become a cuda one). A name this module does not use beside others it does is a left-over import.
+        safety = FixSafety.UNSAFE
     if not moved:
         return None
     found = module.cst_node(statement, "import_from_statement")
@@ -384,7 +403,8 @@ def _without_items(
         line_start, line_end = module.line_start(start), module.line_end(end)
         after = module.text[end:line_end].strip()
         alone = not module.text[line_start:start].strip()
-        if not alone or not (after in ("", ",") or after.lstrip(",").lstrip().startswith("#")):
+        continued = module.text[:line_start].rstrip("\r\n").endswith("\\")  # `import a, \` + this line
+        if continued or not alone or not (after in ("", ",") or after.lstrip(",").lstrip().startswith("#")):
             break
         lines.append(Edit(line_start, line_end + len(module.newline), ""))
     else:
@@ -393,6 +413,30 @@ def _without_items(
         return None
     staying = [item.text() for item in items if item not in leaving]
     return [Edit(module.cst_span(items[0])[0], module.cst_span(items[-1])[1], ", ".join(staying))]
+
+
+def _reexports(names: list[str], analysis: ModuleAnalysis) -> bool:
+    """Some of ``names`` are a package's (its ``__init__.py`` imports them) or listed in ``__all__``."""
+    return os.path.basename(analysis.path or "") == "__init__.py" or bool(set(names) & _exported_names(analysis))
+
+
+def _exported_names(analysis: ModuleAnalysis) -> set[str]:
+    """The names a module-level ``__all__`` lists."""
+    names: set[str] = set()
+    for statement in analysis.tree.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+        value = getattr(statement, "value", None)
+        listed = isinstance(value, (ast.List, ast.Tuple))
+        if listed and any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            names.update(e.value for e in value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return names
+
+
+def _bound_elsewhere(use: ast.Name, statement: ast.ImportFrom, analysis: ModuleAnalysis) -> bool:
+    """``use`` reads the name another statement binds, not ``statement`` (a function's own import of
+    it, kept by ``# noqa``): that statement's fix, if any, rewrites it."""
+    reaching = analysis.derived(Bindings).reaching(use)
+    return bool(reaching) and all(binding.statement is not statement for binding in reaching)
 
 
 def _loads_of(local: str, analysis: ModuleAnalysis) -> list[ast.Name]:
