@@ -1,6 +1,6 @@
 """Per-step cost of the training monitor at its default settings.
 
-    python benchmarks/monitor_overhead.py [--blocks 60] [--device cpu|cuda] [--gpt2]
+    python benchmarks/monitor_overhead.py [--blocks 100] [--device cpu|cuda] [--gpt2]
 
 Trains a small CNN and an MLP (and, with --gpt2, a GPT-2-small-sized transformer) with ``TrainingMonitor``
 attached, and alternates blocks of ``sample_every`` (10) steps watched with blocks run inside
@@ -135,7 +135,7 @@ def mean_interval(watched: list[list[float]], plain: list[list[float]], draws: i
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=60, help="watched blocks (and as many paused ones)")
+    parser.add_argument("--blocks", type=int, default=100, help="watched blocks (and as many paused ones)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gpt2", action="store_true", help="also a GPT-2-small-sized model (meant for a GPU)")
     args = parser.parse_args()
