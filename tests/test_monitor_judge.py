@@ -140,3 +140,20 @@ def test_a_positive_loss_is_judged_by_factors_and_a_signed_one_as_it_is():
     for step in range(30):
         assert signed.judge(row(step, loss=-1.0 + 0.01 * (step % 3))) == []
     assert [a.metric for a in signed.judge(row(30, loss=-0.5))] == ["loss"]
+
+
+def test_a_baselines_ring_keeps_the_last_values_in_order_without_reallocating():
+    from flake8_amp.runtime.monitor.judge import _Ring
+
+    ring = _Ring(5)
+    storage = ring._items
+    assert len(ring) == 0 and ring.last(3) == [] and list(ring) == []
+    for value in range(1, 4):
+        ring.append(float(value))
+    assert len(ring) == 3 and ring.last(2) == [2.0, 3.0] and list(ring) == [1.0, 2.0, 3.0]
+    for value in range(4, 13):
+        ring.append(float(value))
+    assert len(ring) == 5 and list(ring) == [8.0, 9.0, 10.0, 11.0, 12.0]
+    assert ring.last(3) == [10.0, 11.0, 12.0] and ring.last(99) == list(ring)
+    ring.refill([0.5, 1.5])
+    assert list(ring) == [0.5, 1.5] and ring._items is storage  # allocated once
