@@ -92,3 +92,15 @@ def test_explain_and_rules_work_from_a_wheel_in_a_fresh_venv(installed_wheel_ven
         cwd=tmp_path,
     )
     assert "site-packages" in where.stdout, "docs must come from the wheel, not the checkout"
+
+
+def test_python_m_flake8_amp_is_the_flake8_amp_command(tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "train.py"
+    source.write_text("import torch\nscaler = torch.cuda.amp.GradScaler()\n")
+    result = subprocess.run([sys.executable, "-m", "flake8_amp", "fix", "--diff", str(source)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert '+scaler = torch.amp.GradScaler("cuda")' in result.stdout and source.read_text().endswith("GradScaler()\n")
