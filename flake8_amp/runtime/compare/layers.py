@@ -194,7 +194,8 @@ class _Lockstep:
 
     Hooks tell the runs apart by a thread-local role. The float32 run's hook measures the layer alone in
     low precision, then hands a copy of its output over through a queue of one: the float32 run is never
-    more than a layer ahead, and each output is compared as soon as the low-precision run produces its own."""
+    more than a layer ahead, and each output is compared as soon as the low-precision run produces its own.
+    Without ``accumulated`` the two runs go one after the other in this thread and nothing is handed over."""
 
     def __init__(self, model: nn.Module, names: list[str], precision: _Precision, device: torch.device,
                  accumulated: bool = True) -> None:
@@ -241,9 +242,7 @@ class _Lockstep:
                 output = self.low_model(*low_args, **low_kwargs)
         except BaseException as exc:
             self.abort.set()
-            if isinstance(exc, Exception) and hasattr(exc, "add_note"):
-                exc.add_note(f"(raised by the model in compare_precision's {self.precision.fmt.name} "
-                             f"{self.precision.mode} run)")
+            self._note_failure(exc)
             raise
         finally:
             self.local.role = None
@@ -278,11 +277,15 @@ class _Lockstep:
             with torch.no_grad(), self.precision.region():
                 output = self.low_model(*low_args, **low_kwargs)
         except Exception as exc:
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"(raised by the model in compare_precision's {self.precision.fmt.name} "
-                             f"{self.precision.mode} run)")
+            self._note_failure(exc)
             raise
         return reference, output
+
+    def _note_failure(self, exc: BaseException) -> None:
+        """Say which run raised: the model's own error, in the low-precision run."""
+        if isinstance(exc, Exception) and hasattr(exc, "add_note"):
+            exc.add_note(f"(raised by the model in compare_precision's {self.precision.fmt.name} "
+                         f"{self.precision.mode} run)")
 
     def _reference(self, args: tuple, kwargs: dict, stream: Any) -> None:
         self.local.role = "reference"

@@ -87,7 +87,6 @@ class TrainingMonitor:
         self._paused = False
         self._pending: dict[str, Any] = {}  # what the optimizer's step hook read for this step
         self._index_parameters()
-        self._optimizer_hook = None
         self._watch_optimizers()
         outputs.make_visible()
         self._hooks.attach(self._index.modules)  # step 0 is sampled when the monitor exists before its forward
